@@ -1,0 +1,161 @@
+"""Atomic writes, hashing and stage manifests.
+
+Every artefact is written to a temporary name in its final folder and renamed into
+place, so a crash never leaves a half file under the real name. A stage's
+``manifest.json`` is written last: a folder without a valid manifest is not a
+finished artefact.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from har_vit.errors import ArtefactError
+
+MANIFEST = "manifest.json"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    >>> with atomic_path("out.bin") as tmp:   # doctest: +SKIP
+    ...     tmp.write_bytes(b"...")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
+    """Write arrays as an uncompressed ``.npz`` atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Load every array of an ``.npz``; a corrupt or incomplete file is an ArtefactError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtefactError(f"{path}: file not found; run the stage that writes it first")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile.BadZipFile, ValueError, EOFError, OSError...
+        raise ArtefactError(f"{path}: unreadable or corrupt ({type(e).__name__}: {e}); delete it and re-run the stage that wrote it") from None
+    missing = [k for k in required if k not in out]
+    if missing:
+        raise ArtefactError(f"{path}: missing arrays {missing}; re-run the stage that wrote it")
+    return out
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_entry(path: str | os.PathLike) -> dict[str, Any]:
+    """``{"path", "bytes", "sha256"}`` of a file, for manifests."""
+    p = Path(path)
+    return {"path": str(p), "bytes": p.stat().st_size, "sha256": sha256_file(p)}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for mod in ("numpy", "pandas", "torch", "sklearn"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # pragma: no cover - optional at this point
+            pass
+    from har_vit import __version__
+
+    out["har_vit"] = __version__
+    return out
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def write_manifest(folder: str | os.PathLike, stage: str, **fields: Any) -> Path:
+    """Write ``folder/manifest.json`` last, atomically, with stage, time and versions."""
+    body = {"stage": stage, "created": now_iso(), "versions": versions(), **fields}
+    return write_json(Path(folder) / MANIFEST, body)
+
+
+def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[str, Any]:
+    """Read and check a stage manifest; a missing or corrupt one is an ArtefactError."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        raise ArtefactError(f"{path}: no manifest; {folder} is not a finished {stage or 'stage'} output - run that stage (again)")
+    try:
+        body = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtefactError(f"{path}: corrupt manifest ({e}); re-run the stage that wrote it") from None
+    if not isinstance(body, dict) or "stage" not in body:
+        raise ArtefactError(f"{path}: not a har_vit manifest; re-run the stage that wrote it")
+    if stage is not None and body["stage"] != stage:
+        raise ArtefactError(f"{path}: is a '{body['stage']}' manifest, expected '{stage}'; pass the {stage} output folder")
+    return body
+
+
+def verify_outputs(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Check every output listed in a manifest still has its recorded size and sha256."""
+    for entry in manifest.get("outputs", []):
+        p = Path(folder) / Path(entry["path"]).name
+        if not p.is_file():
+            raise ArtefactError(f"{p}: listed in the manifest but missing; re-run the stage")
+        if p.stat().st_size != entry["bytes"] or sha256_file(p) != entry["sha256"]:
+            raise ArtefactError(f"{p}: does not match its manifest (size or sha256 differ: truncated or modified); re-run the stage")
