@@ -1,0 +1,157 @@
+"""Reusable layers of the patch-merging 1D ViT.
+
+Token tensors are ``(B, N, D)``: batch, patches along time, embedding dim. Axis
+groups (one per accelerometer axis, or one for all axes together) are folded into
+the batch by the model, so every layer here sees plain sequences.
+
+Everything is export-friendly: no Python branch depends on a tensor's values, only
+on shapes and module settings, so ``torch.jit.trace``, ``torch.export`` and ONNX all
+record the same graph the eager model runs.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PatchEmbed(nn.Module):
+    """Cut a window into non-overlapping time patches and embed each one.
+
+    The window ``(B, T, C)`` is viewed as a one-channel image ``(B, 1, T, C)`` and a
+    Conv2d with kernel and stride ``(patch, axes)`` maps each patch to ``dim``.
+    ``axes=1`` embeds every accelerometer axis on its own (the article: ``C`` groups
+    of ``T // patch`` tokens); ``axes=C`` mixes all axes into one token per patch
+    (one group), which lets attention see orientation-independent combinations.
+
+    >>> PatchEmbed(dim=8, patch=4, axes=1)(torch.zeros(2, 16, 3)).shape
+    torch.Size([2, 3, 4, 8])
+    """
+
+    def __init__(self, dim: int, patch: int, axes: int = 1):
+        super().__init__()
+        self.patch, self.axes = patch, axes
+        self.proj = nn.Conv2d(1, dim, kernel_size=(patch, axes), stride=(patch, axes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x.unsqueeze(1))  # (B, 1, T, C) -> (B, D, N, G), G = C // axes
+        return x.permute(0, 3, 2, 1)  # (B, G, N, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a token sequence, fused by SDPA.
+
+    One ``qkv`` Linear(dim, 3*dim) holds exactly the parameters of separate q, k, v
+    projections, and one kernel call beats three matmuls.
+    """
+
+    def __init__(self, dim: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.attn_drop = heads, attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, N, D)  # (B, H, N, hd) -> (B, N, D)
+        return self.proj_drop(self.proj(x))
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward sublayer: Linear -> GELU -> Linear, with dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: zero a residual branch for a random subset of samples.
+
+    Survivors are scaled by ``1 / (1 - p)`` so the expected output is unchanged.
+    """
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    return x * keep / (1.0 - p)
+
+
+class DropPath(nn.Module):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class SeedBlock(nn.Module):
+    """The article's block: ``relu(x + attn(norm(x)))``.
+
+    No MLP sublayer, and a ReLU applied after the residual sum (a quirk kept on
+    purpose so the ``seed`` variant matches the published network).
+    """
+
+    def __init__(self, dim: int, heads: int, drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, attn_drop=drop, proj_drop=drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.drop_path(self.attn(self.norm(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: attention then MLP, each residual with drop-path."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads, attn_drop=drop, proj_drop=drop)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerge1d(nn.Module):
+    """Halve the number of patches: concatenate neighbours in time, norm, project.
+
+    An odd patch count is first zero-padded by one patch at the end, so ``N`` patches
+    become ``ceil(N / 2)``.
+
+    >>> PatchMerge1d(8, 16)(torch.zeros(2, 5, 8)).shape
+    torch.Size([2, 3, 16])
+    """
+
+    def __init__(self, dim: int, out_dim: int | None = None):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * dim)
+        self.reduction = nn.Linear(2 * dim, out_dim or dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        # Pad unconditionally (by 0 or 1 patch): a shape-only op, so traced and
+        # exported graphs stay valid without a Python branch.
+        x = F.pad(x, (0, 0, 0, N % 2))  # (B, N + N % 2, D)
+        x = x.reshape(B, -1, 2 * D)  # (B, ceil(N/2), 2D): [x_2i, x_2i+1] side by side
+        return self.reduction(self.norm(x))
