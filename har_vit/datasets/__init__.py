@@ -1,0 +1,121 @@
+"""Datasets behind one registry, each selected by ``--dataset NAME [--data-path PATH]``.
+
+A dataset resolves to a :class:`Source`: either raw WISDM-format logs plus the label
+map that names their activities, or a pre-windowed ``.npz`` file.
+
+>>> sorted(DATASETS)
+['npz', 'wisdm', 'wisdm2019']
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from har_vit.errors import DataError, UsageError
+
+# WISDM v1.1 activities, in the index order of the public pre-windowed copies (alphabetical).
+WISDM_V11_CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking")
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a dataset resolved to: raw logs to ingest, or windows to import."""
+
+    dataset: str
+    class_names: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+    labels: dict[str, int] = field(default_factory=dict)  # raw label -> class index
+    windows_npz: Path | None = None
+
+    @property
+    def prewindowed(self) -> bool:
+        return self.windows_npz is not None
+
+
+@dataclass(frozen=True)
+class DatasetOptions:
+    data_path: Path | None = None
+    data_dir: Path = Path("data")
+    device: str = "phone"  # wisdm2019: phone or watch
+    sensor: str = "accel"
+    subjects: tuple[int, ...] = ()  # wisdm2019: subset of subject ids (empty = all present)
+    progress: bool = True
+
+
+def _wisdm(opts: DatasetOptions) -> Source:
+    from har_vit.datasets.wisdm import resolve_wisdm
+
+    files = resolve_wisdm(opts.data_path, opts.data_dir / "raw", progress=opts.progress)
+    return Source("wisdm", WISDM_V11_CLASSES, tuple(files), {c: i for i, c in enumerate(WISDM_V11_CLASSES)})
+
+
+def read_activity_key(path: Path) -> tuple[tuple[str, ...], dict[str, int]]:
+    """Parse WISDM 2019's ``activity_key.txt`` (``walking = A``) into names and code map."""
+    names: list[str] = []
+    labels: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        m = re.fullmatch(r"\s*(.+?)\s*=\s*([A-Za-z])\s*", line)
+        if not m:
+            raise DataError(f"{path}:{lineno}: expected 'name = CODE', got {line.strip()[:60]!r}")
+        labels[m.group(2).upper()] = len(names)
+        names.append(m.group(1))
+    if not names:
+        raise DataError(f"{path}: no activities listed; restore activity_key.txt from the WISDM 2019 release")
+    return tuple(names), labels
+
+
+def _wisdm2019(opts: DatasetOptions) -> Source:
+    if opts.device not in ("phone", "watch"):
+        raise UsageError(f"--device must be phone or watch, not {opts.device!r}")
+    if opts.data_path is None:
+        root = opts.data_dir / "raw" / "wisdm-dataset"
+        hint = f"put the release's wisdm-dataset folder at {root} or pass --data-path"
+    else:
+        root, hint = Path(opts.data_path), "pass the wisdm-dataset folder (with activity_key.txt and raw/)"
+    if not root.exists():
+        raise DataError(f"{root}: not found; {hint} (the WISDM 2019 release cannot be downloaded automatically)")
+    key = next((p for p in (root / "activity_key.txt", root.parent / "activity_key.txt",
+                            root.parent.parent.parent / "activity_key.txt") if p.is_file()), None)
+    if key is None:
+        raise DataError(f"{root}: no activity_key.txt beside it; {hint}")
+    names, labels = read_activity_key(key)
+    folder = root / "raw" / opts.device / opts.sensor if (root / "raw").is_dir() else root
+    pattern = f"data_*_{opts.sensor}_{opts.device}.txt"
+    files = sorted(folder.glob(pattern)) if folder.is_dir() else [folder]
+    if opts.subjects:
+        wanted = set(opts.subjects)
+        files = [f for f in files if _subject_of(f) in wanted]
+        missing = wanted - {_subject_of(f) for f in files}
+        if missing:
+            raise DataError(f"{folder}: no {pattern} file for subjects {sorted(missing)}; pick subjects present there")
+    if not files:
+        raise DataError(f"{folder}: no {pattern} files; {hint}")
+    return Source("wisdm2019", names, tuple(files), labels)
+
+
+def _subject_of(path: Path) -> int | None:
+    m = re.match(r"data_(\d+)_", path.name)
+    return int(m.group(1)) if m else None
+
+
+def _npz(opts: DatasetOptions) -> Source:
+    if opts.data_path is None:
+        raise UsageError("--dataset npz needs --data-path FILE.npz (arrays X [N,T,C], y, subject, class_names)")
+    p = Path(opts.data_path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found; pass an .npz with arrays X, y, subject, class_names")
+    return Source("npz", windows_npz=p)
+
+
+DATASETS: dict[str, Callable[[DatasetOptions], Source]] = {"wisdm": _wisdm, "wisdm2019": _wisdm2019, "npz": _npz}
+
+
+def resolve(name: str, opts: DatasetOptions) -> Source:
+    """Resolve a dataset by name; an unknown name is a UsageError listing the known ones."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](opts)

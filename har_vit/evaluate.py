@@ -1,0 +1,290 @@
+"""Evaluate stage: a train run folder -> ``<run>/eval/`` with test-split metrics, cost and plots.
+
+Only the TEST split of ``split.npz`` is predicted, with the checkpoint's own
+normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
+``efficiency.csv``, ``confusion.csv``, ``confusion_normalized.csv``, ``plots/*.png``.
+
+``metrics.json`` keys (paste into the README):
+
+- ``accuracy``, ``macro_f1``, ``weighted_f1``, ``macro_precision``, ``macro_recall``,
+  ``weighted_precision``, ``weighted_recall``: scikit-learn on the test windows. Macro and
+  weighted averages run over the classes present in the test labels or predictions
+  (scikit-learn's default); an undefined precision (class never predicted) counts as 0.
+- ``per_class_accuracy``: class name -> fraction of that class's test windows predicted
+  correctly, i.e. the class's recall. This is how the article's per-class accuracy
+  reads. ``null`` for a class with no test windows (undefined, not 0).
+- ``per_class``: class name -> ``{precision, recall, f1, support}``.
+- ``confusion``: counts, rows true and columns predicted, in ``class_names`` order
+  (``confusion_normalized.csv`` holds the row-normalised matrix).
+- ``class_names``, ``n_test``, ``model``, ``run_id``, ``checkpoint`` (best/last),
+  ``epoch``, ``device`` (where the test split was predicted), ``device_name``.
+- ``split``: the train manifest's split record (protocol, leaky, description, n_train,
+  n_val, n_test, test_users).
+- ``params``, ``trainable_params``, ``flops`` (fvcore, batch 1, one multiply-add = one
+  FLOP), ``flops_note`` (how, and which ops fvcore skipped), ``flops_unsupported``,
+  ``weights_mb`` (state_dict bytes / 10^6).
+- ``latency_ms``: ``{"cpu": {"batch_1": {"median", "p90", "mean"}, "batch_256": {...},
+  "threads": n, "device_name", "repeats", "warmup"}, "cuda": {...}}``; ``cuda`` only
+  when a GPU is present and the device is not ``cpu``; ``{}`` with ``skip_latency``.
+- ``throughput_windows_per_s``: ``{"cpu": {"batch_256": windows/s, ...}, ...}``
+  (batch / median latency).
+- ``measured_with``: torch version, CPU model (/proc/cpuinfo), CUDA device name.
+
+See :mod:`har_vit.efficiency` for how each cost figure is measured.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from har_vit import efficiency, plots
+from har_vit.checkpoint import load_model, normalise
+from har_vit.config import as_dict
+from har_vit.errors import ArtefactError, UsageError
+from har_vit.io import MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest, write_text
+
+EVAL_DIR = "eval"
+PLOTS_DIR = "plots"
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate a run. ``threads=None`` times the CPU with torch's current thread count (recorded)."""
+
+    device: str = "auto"  # auto | cuda | cpu: where the test split is predicted and which latencies are timed
+    which: str = "best"  # checkpoint to evaluate: best | last
+    batch_size: int = 512  # prediction batch; does not change the metrics
+    latency_repeats: int = 100  # timed runs per (device, batch); >= 100 so that the p90 means something
+    warmup: int = 10  # untimed calls before timing (allocator, caches, cuDNN autotune)
+    batch_sizes: tuple[int, ...] = (1, 256)  # latency batch sizes: 1 = one window online, 256 = offline throughput
+    threads: int | None = None  # CPU intra-op threads for timing; None = torch.get_num_threads()
+    skip_latency: bool = False  # params, FLOPs and metrics only (tests, quick looks)
+
+    def __post_init__(self) -> None:
+        bad = []
+        if self.device not in ("auto", "cuda", "cpu"):
+            bad.append(f"device '{self.device}' is not one of auto, cuda, cpu")
+        if self.which not in ("best", "last"):
+            bad.append(f"which '{self.which}' is not one of best, last")
+        if self.latency_repeats < efficiency.MIN_REPEATS:
+            bad.append(f"latency_repeats {self.latency_repeats} < {efficiency.MIN_REPEATS}; "
+                       "use skip_latency for a quick run instead")
+        if self.warmup < 0 or self.batch_size < 1:
+            bad.append(f"warmup ({self.warmup}) must be >= 0 and batch_size ({self.batch_size}) >= 1")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            bad.append(f"batch_sizes {self.batch_sizes} must be positive")
+        if self.threads is not None and self.threads < 1:
+            bad.append(f"threads {self.threads} must be >= 1 (or unset for torch's current count)")
+        if bad:
+            raise UsageError("bad evaluate option: " + "; ".join(bad))
+
+
+def upstream_folder(manifest: Mapping[str, Any]) -> Path | None:
+    """The upstream folder a manifest names in ``inputs.upstream``, or None."""
+    inputs = manifest.get("inputs")
+    up = inputs.get("upstream") if isinstance(inputs, Mapping) else None
+    return Path(up) if up else None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON artefact; missing or corrupt is an ArtefactError naming the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ArtefactError(f"{p}: not found; run the stage that writes it first")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtefactError(f"{p}: corrupt JSON ({e}); re-run the stage that wrote it") from None
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
+    """scikit-learn metrics of integer labels, keyed by class name (see the module docstring)."""
+    labels = np.arange(len(class_names))
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    prec, rec, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    # labels=None: average over the classes present, so a class the test users never
+    # performed does not enter the macro average as a zero.
+    averages = {avg: precision_recall_fscore_support(y_true, y_pred, average=avg, zero_division=0)[:3]
+                for avg in ("macro", "weighted")}
+    per_class, per_class_acc = {}, {}
+    for i, name in enumerate(class_names):
+        has = bool(support[i])
+        per_class[name] = {"precision": float(prec[i]), "recall": float(rec[i]) if has else None,
+                           "f1": float(f1[i]), "support": int(support[i])}
+        per_class_acc[name] = float(rec[i]) if has else None
+    return {
+        "accuracy": float(np.mean(y_true == y_pred)),
+        "macro_f1": float(averages["macro"][2]),
+        "weighted_f1": float(averages["weighted"][2]),
+        "macro_precision": float(averages["macro"][0]),
+        "macro_recall": float(averages["macro"][1]),
+        "weighted_precision": float(averages["weighted"][0]),
+        "weighted_recall": float(averages["weighted"][1]),
+        "per_class_accuracy": per_class_acc,
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "class_names": list(class_names),
+    }
+
+
+def normalize_rows(cm: np.ndarray) -> np.ndarray:
+    """Row-normalised confusion matrix; a class with no test windows keeps a row of zeros."""
+    cm = np.asarray(cm, dtype=np.float64)
+    totals = cm.sum(axis=1, keepdims=True)
+    return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
+
+
+def predict(model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray, device: torch.device,
+            batch_size: int = 512) -> np.ndarray:
+    """Class index per window of ``X`` (N, T, C), normalised with the checkpoint's train statistics."""
+    model = model.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(X), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32)).to(device)
+            out.append(model(normalise(x, norm)).argmax(dim=1).cpu().numpy())  # (B,)
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def _check_unchanged(run_dir: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
+    """Files we read that the train manifest lists must still match its sha256."""
+    listed = {Path(e["path"]).name: e for e in manifest.get("outputs", []) if isinstance(e, Mapping)}
+    for name in names:
+        entry, p = listed.get(name), run_dir / name
+        if entry and p.is_file() and (p.stat().st_size != entry.get("bytes") or sha256_file(p) != entry.get("sha256")):
+            raise ArtefactError(f"{p}: does not match the train manifest (size or sha256 differ: truncated or "
+                                "modified after training); restore it or retrain")
+
+
+def _test_indices(split_path: Path, n_windows: int, n_test_manifest: int | None) -> np.ndarray:
+    test = load_npz(split_path, required=("test",))["test"].astype(np.int64)
+    if test.size == 0:
+        raise ArtefactError(f"{split_path}: the test split is empty; retrain with a split that holds out test windows")
+    if test.min() < 0 or test.max() >= n_windows:
+        raise ArtefactError(f"{split_path}: test indices outside 0..{n_windows - 1}; the windows folder changed "
+                            "since training - retrain on it")
+    if n_test_manifest is not None and n_test_manifest != test.size:
+        raise ArtefactError(f"{split_path}: {test.size} test windows but the train manifest says {n_test_manifest}; "
+                            "retrain")
+    return test
+
+
+def _class_names(ckpt: Mapping[str, Any], windows: Mapping[str, np.ndarray], ckpt_path: Path, windows_dir: Path) -> list[str]:
+    ours = [str(c) for c in ckpt.get("class_names", [])]
+    theirs = [str(c) for c in windows["class_names"]]
+    if ours and ours != theirs:
+        raise ArtefactError(f"{ckpt_path}: trained on classes {ours} but {windows_dir} holds {theirs}; "
+                            "evaluate on the windows folder the run was trained on")
+    return theirs
+
+
+def _named_counts(counts: Mapping[str, Any] | None, class_names: Sequence[str]) -> dict[str, int] | None:
+    """Per-class counts keyed by class name, whether the manifest keys are names or indices."""
+    if not counts:
+        return None
+    keys = list(counts)
+    if all(str(k).isdigit() and int(k) < len(class_names) for k in keys):
+        return {class_names[int(k)]: int(v) for k, v in counts.items()}
+    return {str(k): int(v) for k, v in counts.items()}
+
+
+def _frame_csv(path: Path, df: pd.DataFrame, index: bool = False) -> Path:
+    return write_text(path, df.to_csv(index=index, lineterminator="\n"))
+
+
+def _write_tables(eval_dir: Path, metrics: dict[str, Any], eff: dict[str, Any]) -> list[Path]:
+    names = metrics["class_names"]
+    per_class = pd.DataFrame([{"class": n, "accuracy": metrics["per_class_accuracy"][n], **metrics["per_class"][n]}
+                              for n in names])
+    cm = np.asarray(metrics["confusion"])
+    counts = pd.DataFrame(cm, index=pd.Index(names, name="true\\predicted"), columns=names)
+    normed = pd.DataFrame(normalize_rows(cm).round(6), index=counts.index, columns=names)
+    return [
+        write_json(eval_dir / "metrics.json", metrics),
+        _frame_csv(eval_dir / "per_class.csv", per_class),
+        _frame_csv(eval_dir / "efficiency.csv", pd.DataFrame(efficiency.efficiency_rows(eff))),
+        _frame_csv(eval_dir / "confusion.csv", counts, index=True),
+        _frame_csv(eval_dir / "confusion_normalized.csv", normed, index=True),
+    ]
+
+
+def _write_plots(plot_dir: Path, metrics: dict[str, Any], run_dir: Path, train_man: Mapping[str, Any],
+                 windows_man: Mapping[str, Any]) -> list[Path]:
+    names = metrics["class_names"]
+    cm = np.asarray(metrics["confusion"])
+    out = [
+        plots.confusion_heatmap(cm, names, plot_dir / "confusion_counts.png"),
+        plots.confusion_heatmap(normalize_rows(cm), names, plot_dir / "confusion_normalized.png", normalized=True),
+        plots.per_class_bars(metrics["per_class_accuracy"], plot_dir / "per_class_accuracy.png"),
+    ]
+    history_path = run_dir / "history.json"
+    if history_path.is_file():
+        history = read_json(history_path)
+        if history:
+            out.append(plots.training_curves(history, plot_dir / "training_curves.png", train_man.get("best_epoch")))
+    windows_counts = _named_counts(windows_man.get("per_class"), names)
+    if windows_counts:
+        records = None
+        ingest_dir = upstream_folder(windows_man)
+        if ingest_dir is not None and (ingest_dir / MANIFEST).is_file():
+            ingest = read_manifest(ingest_dir, "ingest")
+            records = _named_counts(ingest.get("per_activity"), ingest.get("class_names") or names)
+        out.append(plots.class_distribution(windows_counts, plot_dir / "class_distribution.png", records))
+    return out
+
+
+def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Evaluate the run in ``run_dir`` on its test split; write ``run_dir/eval/`` and return metrics.json's dict."""
+    from har_vit.windows import load_windows
+
+    run_dir = Path(run_dir)
+    train_man = read_manifest(run_dir, "train")
+    eval_dir = run_dir / EVAL_DIR
+    # A stale manifest would vouch for a half-rewritten folder if this run crashes.
+    (eval_dir / MANIFEST).unlink(missing_ok=True)
+
+    windows_dir = upstream_folder(train_man)
+    if windows_dir is None:
+        raise ArtefactError(f"{run_dir / MANIFEST}: names no windows folder in inputs.upstream; retrain the run")
+    windows_man = read_manifest(windows_dir, "windows")
+    w = load_windows(windows_dir)
+    split_path, ckpt_path = run_dir / "split.npz", run_dir / f"{cfg.which}.pt"
+    _check_unchanged(run_dir, train_man, [ckpt_path.name, split_path.name])
+    test = _test_indices(split_path, len(w["y"]), (train_man.get("split") or {}).get("n_test"))
+
+    device = efficiency.resolve_device(cfg.device)
+    model, ckpt = load_model(run_dir, cfg.which)
+    class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
+    X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
+    y_pred = predict(model, ckpt["norm"], X_test, device, cfg.batch_size)
+
+    latency_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cfg.device != "cpu" else [])
+    eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,
+                             batch_sizes=cfg.batch_sizes, repeats=cfg.latency_repeats, warmup=cfg.warmup,
+                             threads=cfg.threads, latency=not cfg.skip_latency)
+    metrics = {
+        "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,
+        "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),
+        "split": train_man.get("split", {}), "n_test": int(test.size),
+        **classification_metrics(y_true, y_pred, class_names), **eff,
+    }
+
+    written = _write_tables(eval_dir, metrics, eff)
+    written += _write_plots(eval_dir / PLOTS_DIR, metrics, run_dir, train_man, windows_man)
+    write_manifest(
+        eval_dir, "evaluate", config=as_dict(cfg),
+        inputs={"upstream": str(run_dir), "files": [file_entry(ckpt_path), file_entry(split_path),
+                                                     file_entry(windows_dir / "windows.npz")]},
+        outputs=[file_entry(p) for p in written],
+        run_id=metrics["run_id"], model=metrics["model"], n_test=metrics["n_test"], device=metrics["device"],
+        accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+    )
+    return metrics

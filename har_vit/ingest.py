@@ -1,0 +1,117 @@
+"""Ingest stage: raw WISDM logs -> ``records.npz`` + ``quarantine.csv`` + manifest.
+
+Every input record is kept or quarantined with a reason; the manifest's
+``records_kept + sum(records_quarantined.values()) == records_total``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from har_vit.config import as_dict
+from har_vit.datasets import DatasetOptions, Source, resolve
+from har_vit.errors import DataError, UsageError
+from har_vit.io import file_entry, save_npz, write_bytes, write_manifest
+from har_vit.parse import Parsed, parse_file
+
+RECORDS = "records.npz"
+QUARANTINE = "quarantine.csv"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    dataset: str = "wisdm"
+    data_path: str | None = None
+    data_dir: str = "data"
+    device: str = "phone"
+    sensor: str = "accel"
+    subjects: tuple[int, ...] = ()
+    progress: bool = True
+
+    def dataset_options(self) -> DatasetOptions:
+        return DatasetOptions(Path(self.data_path) if self.data_path else None, Path(self.data_dir),
+                              self.device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
+
+
+def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int]) -> tuple[list[Parsed], list[Path]]:
+    """Parse each file; a missing, empty or wholly quarantined file is a DataError naming it."""
+    parsed = []
+    for f in files:
+        f = Path(f)
+        if not f.is_file():
+            raise DataError(f"{f}: file not found; check --data-path")
+        if f.stat().st_size == 0:
+            raise DataError(f"{f}: file is empty; it holds no WISDM records (remove it or re-download)")
+        p = parse_file(f, labels)
+        if p.total == 0:
+            raise DataError(f"{f}: no records found (only blank lines); is this a WISDM log?")
+        if p.kept == 0:
+            line, reason, raw = p.quarantine[0]
+            raise DataError(f"{f}: all {p.total} records quarantined (line {line}: {reason}: {raw[:60]!r}); "
+                            "is this a WISDM accelerometer log (user,activity,timestamp,x,y,z;)?")
+        parsed.append(p)
+    return parsed, [Path(f) for f in files]
+
+
+def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) -> dict[str, Any]:
+    """Ingest a dataset into ``out_dir``; returns the manifest dict."""
+    t0 = time.perf_counter()
+    source = source or resolve(cfg.dataset, cfg.dataset_options())
+    if source.prewindowed:
+        raise UsageError(f"dataset {source.dataset!r} is already windowed: run 'pipeline.py windows --dataset npz "
+                         "--data-path FILE' instead of ingest")
+    parsed, files = ingest_files(source.files, source.labels)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = [p.kept for p in parsed]
+    cols = {
+        "user": np.concatenate([p.user for p in parsed]),
+        "activity": np.concatenate([p.activity for p in parsed]),
+        "timestamp": np.concatenate([p.timestamp for p in parsed]),
+        "xyz": np.concatenate([p.xyz for p in parsed]),
+        "source": np.repeat(np.arange(len(parsed), dtype=np.int64), n),
+        "line": np.concatenate([p.line for p in parsed]),
+    }
+    save_npz(out / RECORDS, **cols, class_names=np.array(source.class_names))
+    write_bytes(out / QUARANTINE, _quarantine_csv(parsed, files))
+
+    reasons: Counter = Counter()
+    for p in parsed:
+        reasons.update(p.reasons())
+    total = sum(p.total for p in parsed)
+    kept = int(sum(n))
+    assert kept + sum(reasons.values()) == total, "ingest lost records"  # invariant, not user input
+    users, ucount = np.unique(cols["user"], return_counts=True)
+    acts = np.bincount(cols["activity"], minlength=len(source.class_names))
+    return_manifest = {
+        "dataset": source.dataset,
+        "config": as_dict(cfg),
+        "inputs": [file_entry(f) | {"records": p.total, "kept": p.kept} for f, p in zip(files, parsed)],
+        "outputs": [file_entry(out / RECORDS), file_entry(out / QUARANTINE)],
+        "records_total": int(total),
+        "records_kept": kept,
+        "records_quarantined": dict(sorted(reasons.items())),
+        "class_names": list(source.class_names),
+        "per_user": {str(int(u)): int(c) for u, c in zip(users, ucount)},
+        "per_activity": {name: int(c) for name, c in zip(source.class_names, acts)},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_manifest(out, "ingest", **return_manifest)
+    return return_manifest
+
+
+def _quarantine_csv(parsed: list[Parsed], files: list[Path]) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["source", "line", "reason", "raw"])
+    for f, p in zip(files, parsed):
+        for line, reason, raw in p.quarantine:
+            w.writerow([str(f), line, reason, raw])
+    return buf.getvalue().encode("utf-8")

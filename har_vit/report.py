@@ -1,0 +1,538 @@
+"""Report stage: an evaluated run -> ``reports/<run_id>/report.{md,html}``, ``summary.json``, ``reports/index.html``.
+
+The report walks the chain by manifests (eval -> train -> windows -> ingest) and
+writes one document twice: Markdown (images beside it in ``plots/``) and a
+self-contained HTML page (images as base64 data URIs, inline CSS, a Content Security
+Policy that forbids any network load) that opens from ``file://``. An inline script
+marks ``<body>`` with ``data-images-loaded`` / ``data-broken-images`` once the page has
+loaded, and lists broken images at the top, for people and for the browser test.
+
+``summary.json`` is the machine-readable line of a run; ``index.html`` is rebuilt
+from every ``reports/*/summary.json`` with a trend plot, for scheduled retraining.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+import urllib.parse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence, Union
+
+import pandas as pd
+
+from har_vit import article, plots
+from har_vit.errors import ArtefactError, UsageError
+from har_vit.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
+from har_vit.io import MANIFEST, now_iso, read_manifest, write_bytes, write_json, write_text
+
+LEAKY_PROTOCOLS = ("seed", "random")
+DASH = "—"
+PLOT_CAPTIONS = {
+    "confusion_counts.png": "Confusion matrix of the test windows (counts; rows true, columns predicted).",
+    "confusion_normalized.png": "Confusion matrix, row-normalised: the diagonal is each class's recall.",
+    "per_class_accuracy.png": "Per-class accuracy on the test split (= recall of the class).",
+    "training_curves.png": "Train and validation loss and accuracy per epoch; dashed: the epoch kept as best.pt.",
+    "class_distribution.png": "Class distribution of ingested records (when there was an ingest stage) and of windows.",
+}
+
+
+# --- a tiny document model, rendered to both Markdown and HTML ---------------------
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str  # relative to the page
+
+
+Cell = Union[str, Link]
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Alert:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: Sequence[str]
+    rows: Sequence[Sequence[Cell]]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str  # file name under plots/ beside the Markdown
+    caption: str
+    png: bytes = field(repr=False)
+
+
+Block = Union[Heading, Para, Alert, Table, Figure]
+
+
+# --- formatting --------------------------------------------------------------------
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """A number for a table: ints with thousands separators, floats to ``digits``, None as a dash."""
+    if x is None or (isinstance(x, float) and x != x):
+        return DASH
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def fmt_delta(new: Any, old: Any, digits: int = 4) -> str:
+    if new is None or old is None:
+        return DASH
+    d = new - old
+    return f"{d:+,}" if isinstance(d, int) else f"{d:+.{digits}f}"
+
+
+def is_leaky(split: Mapping[str, Any]) -> bool:
+    """Leaky: the same users are in train and test (``leaky`` flag, or the seed/random protocols)."""
+    return bool(split.get("leaky")) or split.get("protocol") in LEAKY_PROTOCOLS
+
+
+def cpu_latency_b1(metrics: Mapping[str, Any]) -> float | None:
+    """Median CPU latency of one window (ms), the figure compared across runs and with the article."""
+    return ((metrics.get("latency_ms") or {}).get("cpu") or {}).get("batch_1", {}).get("median")
+
+
+# --- rendering ---------------------------------------------------------------------
+
+def _md_cell(c: Cell) -> str:
+    text = f"[{c.text}]({c.href})" if isinstance(c, Link) else str(c)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(blocks: Sequence[Block]) -> str:
+    out: list[str] = []
+    for b in blocks:
+        if isinstance(b, Heading):
+            out.append("#" * b.level + " " + b.text)
+        elif isinstance(b, Para):
+            out.append(b.text)
+        elif isinstance(b, Alert):
+            out.append("> **Warning:** " + b.text)
+        elif isinstance(b, Table):
+            lines = ["| " + " | ".join(map(_md_cell, b.header)) + " |", "|" + "---|" * len(b.header)]
+            lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in b.rows]
+            out.append("\n".join(([f"*{b.caption}*", ""] if b.caption else []) + lines))
+        elif isinstance(b, Figure):
+            out.append(f"![{b.caption}]({PLOTS_DIR}/{b.name})\n\n*{b.caption}*")
+    return "\n\n".join(out) + "\n"
+
+
+def _html_cell(c: Cell, tag: str) -> str:
+    if isinstance(c, Link):
+        return f'<{tag}><a href="{html.escape(c.href)}">{html.escape(c.text)}</a></{tag}>'
+    return f"<{tag}>{html.escape(str(c))}</{tag}>"
+
+
+def _html_block(b: Block) -> str:
+    if isinstance(b, Heading):
+        return f"<h{b.level}>{html.escape(b.text)}</h{b.level}>"
+    if isinstance(b, Para):
+        return f"<p>{html.escape(b.text)}</p>"
+    if isinstance(b, Alert):
+        return f'<div class="warn" role="alert"><strong>Warning:</strong> {html.escape(b.text)}</div>'
+    if isinstance(b, Table):
+        cap = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
+        head = "<tr>" + "".join(_html_cell(h, "th") for h in b.header) + "</tr>"
+        body = "".join("<tr>" + "".join(_html_cell(c, "td") for c in row) + "</tr>" for row in b.rows)
+        return f"<table>{cap}<thead>{head}</thead><tbody>{body}</tbody></table>"
+    data = base64.b64encode(b.png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.name)}">'
+            f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2329;background:#fff}
+main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 4rem}
+h1{font-size:1.7rem;border-bottom:2px solid #d0d7de;padding-bottom:.3rem}
+h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.8rem 0 1.2rem;font-size:.92rem}
+caption{caption-side:top;text-align:left;font-style:italic;color:#57606a;padding-bottom:.3rem}
+th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;vertical-align:top}
+th{background:#f3f5f7}
+tbody tr:nth-child(even){background:#fafbfc}
+.warn{background:#fff4e5;border:1px solid #f0b45a;border-left:6px solid #d9480f;padding:.7rem 1rem;margin:1rem 0;
+      border-radius:4px}
+figure{margin:1rem 0 2rem}
+img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{color:#57606a;font-size:.9rem}
+"""
+
+# Runs once the page (and every image) has loaded: records what loaded on <body> for
+# the browser test and tells a reader which figure is broken.
+_CHECK_IMAGES = """
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); });
+  var names = broken.map(function (im) { return im.alt || "(unnamed)"; });
+  var b = document.body;
+  b.setAttribute("data-images-total", String(imgs.length));
+  b.setAttribute("data-images-loaded", String(imgs.length - broken.length));
+  b.setAttribute("data-broken-images", names.join(", "));
+  b.setAttribute("data-tables", String(document.getElementsByTagName("table").length));
+  if (broken.length) {
+    var d = document.createElement("div");
+    d.className = "warn";
+    d.textContent = "Images that failed to load: " + names.join(", ");
+    document.querySelector("main").insertBefore(d, document.querySelector("main").firstChild);
+  }
+});
+"""
+
+# Nothing may come from the network: images are data: URIs, CSS and script inline.
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
+def render_html(blocks: Sequence[Block], title: str) -> str:
+    body = "\n".join(_html_block(b) for b in blocks)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n{body}\n</main>\n<script>{_CHECK_IMAGES}</script>\n</body>\n</html>\n"
+    )
+
+
+# --- the chain of manifests --------------------------------------------------------
+
+@dataclass
+class Chain:
+    """Everything a report reads, walked back from the eval folder by manifests."""
+
+    run_dir: Path
+    eval_dir: Path
+    metrics: dict[str, Any]
+    train: dict[str, Any]
+    windows: dict[str, Any] | None
+    ingest: dict[str, Any] | None
+    notes: list[str]  # upstream artefacts that could not be read, said in the report
+
+
+def _optional_manifest(folder: Path | None, stage: str, notes: list[str]) -> dict[str, Any] | None:
+    # Data folders get cleaned up; a finished eval should still report, saying what is missing.
+    if folder is None:
+        return None
+    try:
+        return read_manifest(folder, stage)
+    except ArtefactError as e:
+        notes.append(str(e))
+        return None
+
+
+def load_chain(run_dir: str | os.PathLike) -> Chain:
+    """Read eval, train, windows and (if any) ingest manifests; eval and train are required."""
+    run_dir = Path(run_dir)
+    eval_dir = run_dir / EVAL_DIR
+    read_manifest(eval_dir, "evaluate")
+    metrics = read_json(eval_dir / "metrics.json")
+    train = read_manifest(run_dir, "train")
+    notes: list[str] = []
+    windows = _optional_manifest(upstream_folder(train), "windows", notes)
+    ingest = _optional_manifest(upstream_folder(windows), "ingest", notes) if windows else None
+    return Chain(run_dir, eval_dir, metrics, train, windows, ingest, notes)
+
+
+def dataset_name(chain: Chain) -> str:
+    for man in (chain.ingest, chain.windows):
+        if man:
+            name = man.get("dataset") or (man.get("config") or {}).get("dataset")
+            if name:
+                return str(name)
+    return DASH
+
+
+# --- sections ----------------------------------------------------------------------
+
+def _leak_text(split: Mapping[str, Any]) -> str:
+    return (f"the '{split.get('protocol')}' split puts windows of the same users in train and test, so the "
+            "model is scored on people it was trained on and accuracy is flattered; it does not estimate "
+            "accuracy on new users. Use the 'subject' (or 'loso') split for that.")
+
+
+def data_section(chain: Chain) -> list[Block]:
+    blocks: list[Block] = [Heading("Data")]
+    ing = chain.ingest
+    if ing is None:
+        blocks.append(Para("No ingest stage in this chain (pre-windowed input, or its folder is gone); "
+                           "record counts are not available."))
+        return blocks
+    quarantined = ing.get("records_quarantined") or {}
+    blocks.append(Table(("figure", "value"), [
+        ("dataset", dataset_name(chain)),
+        ("records total", fmt(ing.get("records_total"))),
+        ("records kept", fmt(ing.get("records_kept"))),
+        ("records quarantined", fmt(sum(int(v) for v in quarantined.values()))),
+        ("users", fmt(len(ing.get("per_user") or {}))),
+        ("classes", fmt(len(ing.get("class_names") or []))),
+    ], caption="Ingested records"))
+    if quarantined:
+        blocks.append(Table(("reason", "records"), [(str(k), fmt(int(v))) for k, v in quarantined.items()],
+                            caption="Quarantined records by reason (see quarantine.csv in the ingest folder)"))
+    per_activity = ing.get("per_activity") or {}
+    if per_activity:
+        blocks.append(Table(("class", "records"), [(str(k), fmt(int(v))) for k, v in per_activity.items()],
+                            caption="Records per class"))
+    return blocks
+
+
+def split_section(chain: Chain) -> list[Block]:
+    split = chain.metrics.get("split") or chain.train.get("split") or {}
+    win = chain.windows or {}
+    leaky = is_leaky(split)
+    blocks: list[Block] = [Heading("Windows and split protocol")]
+    if leaky:
+        blocks.append(Alert("leaky split: " + _leak_text(split)))
+    blocks.append(Table(("figure", "value"), [
+        ("window (samples)", fmt(win.get("window"))),
+        ("step (samples)", fmt(win.get("step"))),
+        ("gap that ends a bout (s)", fmt(win.get("gap_s"))),
+        ("windows total", fmt(win.get("windows_total"))),
+        ("protocol", str(split.get("protocol", DASH))),
+        ("description", str(split.get("description", DASH))),
+        ("leaky (users shared by train and test)", "yes" if leaky else "no"),
+        ("train / val / test windows",
+         " / ".join(fmt(split.get(k)) for k in ("n_train", "n_val", "n_test"))),
+        ("test users", ", ".join(map(str, split.get("test_users") or [])) or DASH),
+    ]))
+    return blocks
+
+
+def model_section(chain: Chain) -> list[Block]:
+    tr, m = chain.train, chain.metrics
+    cfg = tr.get("config") or {}
+    rows = [
+        ("variant", str(tr.get("model", m.get("model")))),
+        ("parameters", fmt(m.get("params", tr.get("params")))),
+        ("epochs run / best epoch", f"{fmt(tr.get('epochs_run'))} / {fmt(tr.get('best_epoch'))}"),
+        ("best validation macro F1", fmt(tr.get("best_val_macro_f1"))),
+        ("checkpoint evaluated", f"{m.get('checkpoint', DASH)}.pt (epoch {fmt(m.get('epoch'))})"),
+        ("training device", str(tr.get("device", DASH))),
+        ("seed", fmt(cfg.get("seed"))),
+        ("training time (s)", fmt(tr.get("train_seconds"), 1)),
+        ("training throughput (windows/s)", fmt(tr.get("windows_per_s"), 1)),
+    ]
+    blocks: list[Block] = [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
+    if cfg:
+        blocks.append(Table(("option", "value"), [(str(k), fmt(v)) for k, v in cfg.items()],
+                            caption="Training configuration (optimizer, schedule, regularisation) as resolved"))
+    return blocks
+
+
+def _split_name(metrics: Mapping[str, Any]) -> str:
+    split = metrics.get("split") or {}
+    users = ", ".join(map(str, split.get("test_users") or [])) or DASH
+    return (f"test split of protocol '{split.get('protocol', DASH)}'{' (leaky)' if is_leaky(split) else ''}: "
+            f"{fmt(metrics.get('n_test'))} windows, test users {users}")
+
+
+def results_section(chain: Chain) -> list[Block]:
+    m = chain.metrics
+    rows = [(name, fmt(m.get(key))) for name, key in (
+        ("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1"),
+        ("macro precision", "macro_precision"), ("macro recall", "macro_recall"),
+        ("weighted precision", "weighted_precision"), ("weighted recall", "weighted_recall"))]
+    return [Heading("Results"), Table(("metric", "value"), rows, caption=_split_name(m))]
+
+
+def per_class_section(chain: Chain) -> list[Block]:
+    m = chain.metrics
+    rows = []
+    for name in m["class_names"]:
+        pc = m["per_class"][name]
+        rows.append((name, fmt(m["per_class_accuracy"][name]), fmt(pc["precision"]), fmt(pc["recall"]),
+                     fmt(pc["f1"]), fmt(pc["support"])))
+    return [Heading("Per-class results"),
+            Table(("class", "accuracy", "precision", "recall", "F1", "test windows"), rows,
+                  caption="Per-class accuracy is the recall of the class (the share of its windows predicted "
+                          "correctly), which is how the article's per-class accuracy reads.")]
+
+
+def plot_blocks(eval_dir: Path) -> list[Block]:
+    files = sorted((eval_dir / PLOTS_DIR).glob("*.png"),
+                   key=lambda p: (list(PLOT_CAPTIONS).index(p.name) if p.name in PLOT_CAPTIONS else 99, p.name))
+    return [Heading("Plots")] + [Figure(p.name, PLOT_CAPTIONS.get(p.name, p.stem.replace("_", " ")), p.read_bytes())
+                                 for p in files]
+
+
+def efficiency_section(chain: Chain) -> list[Block]:
+    path = chain.eval_dir / "efficiency.csv"
+    if not path.is_file():
+        raise ArtefactError(f"{path}: missing; re-run the evaluate stage")
+    df = pd.read_csv(path, keep_default_na=False)
+    rows = [(r.metric, fmt(r.value) if not isinstance(r.value, float) else f"{r.value:,.4g}", r.unit, r.how)
+            for r in df.itertuples()]
+    blocks: list[Block] = [Heading("Efficiency"), Table(("figure", "value", "unit", "how it was measured"), rows)]
+    if not chain.metrics.get("latency_ms"):
+        blocks.append(Para("Latency was not measured for this run (evaluate ran with skip_latency)."))
+    return blocks
+
+
+def _norm(name: str) -> str:
+    return name.strip().lower()
+
+
+def article_section(chain: Chain) -> list[Block]:
+    m = chain.metrics
+    split = m.get("split") or {}
+    lat = cpu_latency_b1(m)
+    lat_text = DASH if lat is None else f"{lat:.2f} (CPU, batch 1, median; {m['latency_ms']['cpu']['device_name']})"
+    flops = m.get("flops")
+    rows: list[tuple[str, str, str]] = [
+        ("dataset", dataset_name(chain), article.DATASET),
+        ("protocol", f"{split.get('protocol', DASH)}{' (leaky)' if is_leaky(split) else ''}: "
+                     f"{split.get('description', DASH)}", f"{article.PROTOCOL} (leaky)"),
+        ("parameters", fmt(m.get("params")), fmt(article.PARAMS)),
+        ("FLOPs (M)", DASH if flops is None else f"{flops / 1e6:.2f}", f"{article.FLOPS / 1e6:.2f}"),
+        ("inference (ms per window)", lat_text, f"{article.INFERENCE_MS:.2f}"),
+        ("accuracy", fmt(m.get("accuracy")), fmt(article.ACCURACY)),
+        ("macro F1", fmt(m.get("macro_f1")), fmt(article.MACRO_F1)),
+    ]
+    ours = {_norm(n): v for n, v in m["per_class_accuracy"].items()}
+    theirs = {_norm(n): v for n, v in article.PER_CLASS_ACCURACY.items()}
+    for name in list(article.PER_CLASS_ACCURACY) + [n for n in m["class_names"] if _norm(n) not in theirs]:
+        rows.append((f"accuracy: {name}", fmt(ours.get(_norm(name))), fmt(theirs.get(_norm(name)))))
+    return [Heading("Against the article"),
+            Table(("figure", "this run", "article"), rows,
+                  caption="Article figures are quoted (har_vit/article.py), not measured here; its split shares "
+                          "users between train and test (leaky). Per-class rows match by class name; a dash "
+                          "means the class is not in that set. Our FLOPs count one multiply-add as one FLOP.")]
+
+
+def change_section(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[Block]:
+    blocks: list[Block] = [Heading("Change since the previous run")]
+    if previous is None:
+        return blocks + [Para("First run in this reports folder: nothing to compare with yet.")]
+    rows = [(name, fmt(previous.get(key), d), fmt(summary.get(key), d), fmt_delta(summary.get(key), previous.get(key), d))
+            for name, key, d in (("accuracy", "accuracy", 4), ("macro F1", "macro_f1", 4), ("parameters", "params", 0),
+                                 ("latency (ms, CPU batch 1 median)", "latency_ms", 3))]
+    blocks.append(Table(("figure", f"previous ({previous['run_id']})", f"this run ({summary['run_id']})", "change"), rows,
+                        caption=f"Previous run: {previous['run_id']}, trained {previous.get('run_created', DASH)}"))
+    differ = [k for k in ("dataset", "split", "model") if previous.get(k) != summary.get(k)]
+    if differ:
+        blocks.append(Para("Not like for like: " + "; ".join(
+            f"{k} {previous.get(k)} -> {summary.get(k)}" for k in differ) + ". The change mixes these with the model's."))
+    return blocks
+
+
+def build_report(chain: Chain, summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[Block]:
+    """The report as blocks, in reading order."""
+    m = chain.metrics
+    split = m.get("split") or {}
+    blocks: list[Block] = [
+        Heading(f"HAR-ViT report: {summary['run_id']}", 1),
+        Para(f"Model {m.get('model')} on {dataset_name(chain)}; {_split_name(m)}. Accuracy {fmt(m.get('accuracy'))}, "
+             f"macro F1 {fmt(m.get('macro_f1'))}. Trained {chain.train.get('created', DASH)}; "
+             f"report generated {summary['created']} from {chain.run_dir}."),
+    ]
+    if is_leaky(split):
+        blocks.append(Alert("leaky split: " + _leak_text(split)))
+    blocks += [Para("Not available: " + n) for n in chain.notes]
+    for part in (data_section(chain), split_section(chain), model_section(chain), results_section(chain),
+                 per_class_section(chain), plot_blocks(chain.eval_dir), efficiency_section(chain),
+                 article_section(chain), change_section(summary, previous)):
+        blocks += part
+    return blocks
+
+
+# --- summaries and the index -------------------------------------------------------
+
+def build_summary(chain: Chain, run_id: str) -> dict[str, Any]:
+    m = chain.metrics
+    split = m.get("split") or {}
+    return {
+        "run_id": run_id, "created": now_iso(), "run_created": chain.train.get("created"),
+        "dataset": dataset_name(chain), "model": m.get("model"), "split": split.get("protocol"),
+        "leaky": is_leaky(split), "accuracy": m.get("accuracy"), "macro_f1": m.get("macro_f1"),
+        "weighted_f1": m.get("weighted_f1"), "params": m.get("params"), "flops": m.get("flops"),
+        "latency_ms": cpu_latency_b1(m), "latency_setting": "CPU, batch 1, median", "n_test": m.get("n_test"),
+        "class_names": m.get("class_names"), "report": "report.html", "run_dir": str(chain.run_dir),
+    }
+
+
+def _order(s: Mapping[str, Any]) -> tuple[str, str]:
+    # ISO-8601 UTC strings sort in time order; the run id breaks ties within a second.
+    return (str(s.get("run_created") or ""), str(s["run_id"]))
+
+
+def load_summaries(reports_dir: Path) -> list[dict[str, Any]]:
+    """Every ``reports_dir/*/summary.json``, oldest run first."""
+    out = []
+    for path in sorted(reports_dir.glob("*/summary.json")):
+        s = read_json(path)
+        if not isinstance(s, dict) or "run_id" not in s:
+            raise ArtefactError(f"{path}: not a report summary; delete its folder or re-run the report for that run")
+        out.append(s)
+    return sorted(out, key=_order)
+
+
+def previous_run(summaries: Sequence[Mapping[str, Any]], summary: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """The latest run created before ``summary``'s run, or None."""
+    earlier = [s for s in summaries if s["run_id"] != summary["run_id"] and _order(s) < _order(summary)]
+    return max(earlier, key=_order, default=None)
+
+
+def write_index(reports_dir: Path) -> Path:
+    """Rebuild ``reports_dir/index.html`` (newest run first) with the trend plot embedded."""
+    runs = load_summaries(reports_dir)
+    trend_png = plots.trend(runs, reports_dir / "trend.png").read_bytes()
+    rows = [(Link(s["run_id"], urllib.parse.quote(s["run_id"]) + "/" + s.get("report", "report.html")),
+             str(s.get("run_created") or DASH), str(s.get("dataset") or DASH), str(s.get("model") or DASH),
+             f"{s.get('split') or DASH}{' (leaky)' if s.get('leaky') else ''}", fmt(s.get("accuracy")),
+             fmt(s.get("macro_f1")), fmt(s.get("params")), fmt(s.get("latency_ms"), 3)) for s in reversed(runs)]
+    blocks: list[Block] = [
+        Heading("HAR-ViT runs", 1),
+        Para(f"{len(runs)} run(s), newest first. Scores are on each run's test split; a run marked leaky shares "
+             "users between train and test, so its scores are not comparable with subject-split runs. "
+             f"Updated {now_iso()}."),
+        Figure("trend.png", "Test accuracy and macro F1 over runs in training order (leaky runs ringed).", trend_png),
+        Table(("run", "trained", "dataset", "model", "split", "accuracy", "macro F1", "params",
+               "latency (ms, CPU b1 median)"), rows),
+    ]
+    return write_text(reports_dir / "index.html", render_html(blocks, "HAR-ViT runs"))
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike = Path("reports"), run_id: str | None = None) -> Path:
+    """Write ``reports_dir/<run_id>/report.{md,html}`` and ``summary.json``, rebuild the index; return report.html."""
+    chain = load_chain(run_dir)
+    run_id = str(run_id or chain.train.get("run_id") or Path(run_dir).resolve().name)
+    if not _RUN_ID.match(run_id):
+        raise UsageError(f"run id '{run_id}' must be a plain folder name (letters, digits, '.', '_', '-')")
+    reports_dir = Path(reports_dir)
+    out = reports_dir / run_id
+    summary = build_summary(chain, run_id)
+    previous = previous_run(load_summaries(reports_dir), summary)
+    blocks = build_report(chain, summary, previous)
+
+    for fig in (b for b in blocks if isinstance(b, Figure)):
+        write_bytes(out / PLOTS_DIR / fig.name, fig.png)  # the Markdown links them
+    write_text(out / "report.md", render_markdown(blocks))
+    html_path = write_text(out / "report.html", render_html(blocks, f"HAR-ViT report: {run_id}"))
+    write_json(out / "summary.json", summary)  # after the report: the index only lists complete reports
+    write_index(reports_dir)
+    return html_path
