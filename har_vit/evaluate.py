@@ -186,16 +186,6 @@ def _class_names(ckpt: Mapping[str, Any], windows: Mapping[str, np.ndarray], ckp
     return theirs
 
 
-def _named_counts(counts: Mapping[str, Any] | None, class_names: Sequence[str]) -> dict[str, int] | None:
-    """Per-class counts keyed by class name, whether the manifest keys are names or indices."""
-    if not counts:
-        return None
-    keys = list(counts)
-    if all(str(k).isdigit() and int(k) < len(class_names) for k in keys):
-        return {class_names[int(k)]: int(v) for k, v in counts.items()}
-    return {str(k): int(v) for k, v in counts.items()}
-
-
 def _frame_csv(path: Path, df: pd.DataFrame, index: bool = False) -> Path:
     return write_text(path, df.to_csv(index=index, lineterminator="\n"))
 
@@ -230,14 +220,12 @@ def _write_plots(plot_dir: Path, metrics: dict[str, Any], run_dir: Path, train_m
         history = read_json(history_path)
         if history:
             out.append(plots.training_curves(history, plot_dir / "training_curves.png", train_man.get("best_epoch")))
-    windows_counts = _named_counts(windows_man.get("per_class"), names)
-    if windows_counts:
+    if windows_man.get("per_class"):
         records = None
         ingest_dir = upstream_folder(windows_man)
-        if ingest_dir is not None and (ingest_dir / MANIFEST).is_file():
-            ingest = read_manifest(ingest_dir, "ingest")
-            records = _named_counts(ingest.get("per_activity"), ingest.get("class_names") or names)
-        out.append(plots.class_distribution(windows_counts, plot_dir / "class_distribution.png", records))
+        if ingest_dir is not None and (ingest_dir / MANIFEST).is_file():  # no ingest stage for npz input
+            records = read_manifest(ingest_dir, "ingest").get("per_activity")
+        out.append(plots.class_distribution(windows_man["per_class"], plot_dir / "class_distribution.png", records))
     return out
 
 
@@ -254,8 +242,8 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     windows_dir = upstream_folder(train_man)
     if windows_dir is None:
         raise ArtefactError(f"{run_dir / MANIFEST}: names no windows folder in inputs.upstream; retrain the run")
-    windows_man = read_manifest(windows_dir, "windows")
-    w = load_windows(windows_dir)
+    w = load_windows(windows_dir)  # checks the manifest and windows.npz's sha256
+    windows_man = w["manifest"]
     split_path, ckpt_path = run_dir / "split.npz", run_dir / f"{cfg.which}.pt"
     _check_unchanged(run_dir, train_man, [ckpt_path.name, split_path.name])
     test = _test_indices(split_path, len(w["y"]), (train_man.get("split") or {}).get("n_test"))

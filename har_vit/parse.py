@@ -18,6 +18,7 @@ import codecs
 import gzip
 import io
 import os
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from har_vit.errors import DataError
 RAW_PREVIEW = 200  # characters of a quarantined record kept in the quarantine file
 CHUNK_BYTES = 32 << 20  # files are parsed in chunks cut at line ends: bounded memory
 UNLABELLED = -1
+_F32_MAX = float(np.finfo(np.float32).max)
 
 # Quarantine reasons (stable strings: scripts read them from the manifest).
 R_FIELDS = "wrong number of fields"
@@ -135,9 +137,11 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
     df = None
     for ts_dtype in ("int64", "Int64"):  # exact integers; nullable only when values are missing
         try:
-            df = pd.read_csv(io.BytesIO(t), header=None, names=_NAMES6 + ["extra"], sep=",", engine="c",
-                             dtype={"activity": "category", "timestamp": ts_dtype}, skipinitialspace=True,
-                             skip_blank_lines=True, quoting=3, low_memory=False)
+            with warnings.catch_warnings():  # a failed int64 cast warns before it raises
+                warnings.simplefilter("ignore", RuntimeWarning)
+                df = pd.read_csv(io.BytesIO(t), header=None, names=_NAMES6 + ["extra"], sep=",", engine="c",
+                                 dtype={"activity": "category", "timestamp": ts_dtype}, skipinitialspace=True,
+                                 skip_blank_lines=True, quoting=3, low_memory=False)
             break
         except (ValueError, pd.errors.ParserError, OverflowError, TypeError):
             continue
@@ -154,7 +158,8 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
         else:
             v = s.to_numpy(np.float64, na_value=np.nan)
         cols[c] = v
-        ok &= np.isfinite(v)
+        with np.errstate(invalid="ignore"):
+            ok &= np.isfinite(v) & (np.abs(v) <= _F32_MAX)  # stored as float32
     ts = df["timestamp"]
     ok &= ~ts.isna().to_numpy()
     ts = ts.to_numpy(np.int64, na_value=0)
@@ -260,7 +265,9 @@ def _parse_fields(data: bytes, t: bytes, arr: np.ndarray, starts: np.ndarray, en
         reason[(reason == "") & missing] = R_MISSING
         cols[c] = (raw, v)
     xyz = np.stack([cols[c][1] for c in ("x", "y", "z")], axis=1)
-    reason[(reason == "") & ~np.isfinite(xyz).all(axis=1)] = R_NONFINITE
+    with np.errstate(invalid="ignore"):
+        finite = (np.isfinite(xyz) & (np.abs(xyz) <= _F32_MAX)).all(axis=1)
+    reason[(reason == "") & ~finite] = R_NONFINITE
     u = cols["user"][1]
     with np.errstate(invalid="ignore"):
         reason[(reason == "") & ((u != np.round(u)) | (u < 0) | (u > 2**31))] = R_BAD_USER

@@ -26,7 +26,7 @@ import pandas as pd
 from har_vit import article, plots
 from har_vit.errors import ArtefactError, UsageError
 from har_vit.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
-from har_vit.io import MANIFEST, now_iso, read_manifest, write_bytes, write_json, write_text
+from har_vit.io import now_iso, read_manifest, write_bytes, write_json, write_text
 
 LEAKY_PROTOCOLS = ("seed", "random")
 DASH = "—"
@@ -381,13 +381,24 @@ def efficiency_section(chain: Chain) -> list[Block]:
     path = chain.eval_dir / "efficiency.csv"
     if not path.is_file():
         raise ArtefactError(f"{path}: missing; re-run the evaluate stage")
-    df = pd.read_csv(path, keep_default_na=False)
-    rows = [(r.metric, fmt(r.value) if not isinstance(r.value, float) else f"{r.value:,.4g}", r.unit, r.how)
-            for r in df.itertuples()]
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows = [(r.metric, _number_text(r.value), r.unit, r.how) for r in df.itertuples()]
     blocks: list[Block] = [Heading("Efficiency"), Table(("figure", "value", "unit", "how it was measured"), rows)]
     if not chain.metrics.get("latency_ms"):
         blocks.append(Para("Latency was not measured for this run (evaluate ran with skip_latency)."))
     return blocks
+
+
+def _number_text(text: str) -> str:
+    """A CSV number for reading: thousands separators, four significant digits for decimals."""
+    try:
+        return f"{int(text):,}"
+    except ValueError:
+        pass
+    try:
+        return f"{float(text):,.4g}" if abs(float(text)) < 1e4 else f"{float(text):,.0f}"
+    except ValueError:
+        return text
 
 
 def _norm(name: str) -> str:

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import re
 import socket
 import tarfile
 import threading
@@ -197,6 +198,22 @@ def test_cut_archive_is_rejected_by_tar_integrity(server, data_dir):
     assert files_under(data_dir) == []
 
 
+def test_archive_with_bad_crc_is_rejected(server, data_dir):
+    body = bytearray(wisdm_archive())
+    body[-8] ^= 0xFF  # the gzip trailer's CRC32: every byte arrives, the content is wrong
+    with pytest.raises(DownloadError, match="corrupt or truncated.*CRC"):
+        resolve_wisdm(None, data_dir, url=server.serve("/crc.tar.gz", bytes(body)), progress=False, timeout=5)
+    assert files_under(data_dir) == []
+
+
+def test_data_inflating_after_the_tar_end_is_rejected(server, data_dir):
+    body = wisdm_archive() + gzip.compress(bytes(3 * 2**20))  # a valid second gzip member
+    assert len(body) < 20_000
+    with pytest.raises(DownloadError, match="bytes after the end of the tar archive"):
+        resolve_wisdm(None, data_dir, url=server.serve("/tail.tar.gz", body), progress=False, timeout=5)
+    assert files_under(data_dir) == []
+
+
 def test_tampered_archive_names_expected_and_got(server, data_dir):
     good, bad = wisdm_archive(), wisdm_archive(RAW_LINES.replace("Jogging", "Sitting"))
     url = server.serve("/tampered.tar.gz", bad)
@@ -352,29 +369,33 @@ def test_data_path_corrupt_archive(tmp_path, data_dir):
 # --- hostile archives --------------------------------------------------------------------
 
 
-def _hostile(tmp_path: Path) -> dict[str, tuple[bytes, str]]:
-    """Archive bytes and the member name the refusal must mention."""
+def _hostile(tmp_path: Path) -> dict[str, tuple[bytes, str, str]]:
+    """Archive bytes, the member name and the reason the refusal must mention."""
     outside = tmp_path / "evil_abs"
     payload = b"pwned\n"
     return {
-        "dotdot": (_tar_gz([_file("../evil", payload)]), "../evil"),
-        "nested_dotdot": (_tar_gz([_file("WISDM_ar_v1.1/../../evil", payload)]), "WISDM_ar_v1.1/../../evil"),
-        "absolute": (_tar_gz([_file(str(outside), payload)]), str(outside)),
-        "symlink": (_tar_gz([_special("WISDM_ar_v1.1/link", tarfile.SYMTYPE, "../../evil"), _file("WISDM_ar_v1.1/link", payload)]), "WISDM_ar_v1.1/link"),
-        "hardlink": (_tar_gz([_special("hard", tarfile.LNKTYPE, "/etc/passwd")]), "hard"),
-        "device": (_tar_gz([_special("dev", tarfile.CHRTYPE)]), "dev"),
-        "fifo": (_tar_gz([_special("fifo", tarfile.FIFOTYPE)]), "fifo"),
+        "dotdot": (_tar_gz([_file("../evil", payload)]), "../evil", "path climbs out with '..'"),
+        "nested_dotdot": (_tar_gz([_file("WISDM_ar_v1.1/../../evil", payload)]), "WISDM_ar_v1.1/../../evil", "path climbs out"),
+        "absolute": (_tar_gz([_file(str(outside), payload)]), str(outside), "absolute path"),
+        "symlink": (
+            _tar_gz([_special("WISDM_ar_v1.1/link", tarfile.SYMTYPE, "../../evil"), _file("WISDM_ar_v1.1/link", payload)]),
+            "WISDM_ar_v1.1/link",
+            "symbolic link to '../../evil'",
+        ),
+        "hardlink": (_tar_gz([_special("hard", tarfile.LNKTYPE, "/etc/passwd")]), "hard", "hard link to '/etc/passwd'"),
+        "device": (_tar_gz([_special("dev", tarfile.CHRTYPE)]), "dev", "device file"),
+        "fifo": (_tar_gz([_special("fifo", tarfile.FIFOTYPE)]), "fifo", "FIFO"),
     }
 
 
 @pytest.mark.parametrize("kind", ["dotdot", "nested_dotdot", "absolute", "symlink", "hardlink", "device", "fifo"])
 def test_hostile_members_are_refused(tmp_path, kind):
-    body, member = _hostile(tmp_path)[kind]
+    body, member, reason = _hostile(tmp_path)[kind]
     archive = tmp_path / "hostile.tar.gz"
     archive.write_bytes(body)
     before = sorted(tmp_path.rglob("*"))
 
-    with pytest.raises(DataError, match=f"refusing member {member!r}"):
+    with pytest.raises(DataError, match=re.escape(f"refusing member {member!r} ({reason}")):
         safe_extract(archive, tmp_path / "out")
 
     assert sorted(tmp_path.rglob("*")) == before  # no dest, no temp folder, no evil file
@@ -401,8 +422,8 @@ def test_too_many_members_is_refused(tmp_path):
 
 
 def test_hostile_download_is_refused_and_nothing_kept(server, data_dir, tmp_path):
-    body, member = _hostile(tmp_path)["dotdot"]
-    with pytest.raises(DownloadError, match=f"refusing member {member!r}.*nothing was kept"):
+    body, member, _ = _hostile(tmp_path)["dotdot"]
+    with pytest.raises(DownloadError, match=re.escape(f"refusing member {member!r}") + ".*nothing was kept"):
         resolve_wisdm(None, data_dir, url=server.serve("/evil.tar.gz", body), progress=False, timeout=5)
     assert files_under(data_dir) == []
 

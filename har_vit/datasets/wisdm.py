@@ -412,7 +412,7 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
     """Why ``member`` must not be unpacked, or None for a plain file or folder inside."""
     if member.issym():
         return f"symbolic link to {member.linkname!r}"
-    if False:
+    if member.islnk():
         return f"hard link to {member.linkname!r}"
     if member.ischr() or member.isblk():
         return "device file"
