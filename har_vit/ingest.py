@@ -30,14 +30,14 @@ class IngestConfig:
     dataset: str = "wisdm"
     data_path: str | None = None
     data_dir: str = "data"
-    device: str = "phone"
+    sensor_device: str = "phone"  # wisdm2019: phone or watch
     sensor: str = "accel"
     subjects: tuple[int, ...] = ()
     progress: bool = True
 
     def dataset_options(self) -> DatasetOptions:
         return DatasetOptions(Path(self.data_path) if self.data_path else None, Path(self.data_dir),
-                              self.device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
+                              self.sensor_device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
 
 
 def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int]) -> tuple[list[Parsed], list[Path]]:

@@ -316,6 +316,19 @@ def test_data_path_archive(tmp_path, data_dir, monkeypatch):
     assert resolve_wisdm(archive, data_dir) == raw  # unpacked once, then reused
 
 
+def test_unpack_race_uses_the_folder_another_run_finished(tmp_path, data_dir, monkeypatch):
+    archive = tmp_path / ARCHIVE_NAME
+    archive.write_bytes(wisdm_archive())
+    real = wisdm.safe_extract
+
+    def lose_the_race(archive: Path, dest: Path, **kw) -> Path:
+        real(archive, dest)  # the other run renames its folder into place first
+        raise DataError(f"{dest}: cannot unpack {archive} there (Directory not empty)")
+
+    monkeypatch.setattr(wisdm, "safe_extract", lose_the_race)
+    assert resolve_wisdm(archive, data_dir)[0].read_text() == RAW_LINES
+
+
 def test_data_path_folder_finds_the_raw_file_inside(tmp_path, data_dir):
     nested = tmp_path / "dl" / "WISDM_ar_v1.1"
     nested.mkdir(parents=True)

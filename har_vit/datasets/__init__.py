@@ -38,7 +38,7 @@ class Source:
 class DatasetOptions:
     data_path: Path | None = None
     data_dir: Path = Path("data")
-    device: str = "phone"  # wisdm2019: phone or watch
+    sensor_device: str = "phone"  # wisdm2019: phone or watch
     sensor: str = "accel"
     subjects: tuple[int, ...] = ()  # wisdm2019: subset of subject ids (empty = all present)
     progress: bool = True
@@ -69,8 +69,8 @@ def read_activity_key(path: Path) -> tuple[tuple[str, ...], dict[str, int]]:
 
 
 def _wisdm2019(opts: DatasetOptions) -> Source:
-    if opts.device not in ("phone", "watch"):
-        raise UsageError(f"--device must be phone or watch, not {opts.device!r}")
+    if opts.sensor_device not in ("phone", "watch"):
+        raise UsageError(f"--sensor-device must be phone or watch, not {opts.sensor_device!r}")
     if opts.data_path is None:
         root = opts.data_dir / "raw" / "wisdm-dataset"
         hint = f"put the release's wisdm-dataset folder at {root} or pass --data-path"
@@ -83,8 +83,8 @@ def _wisdm2019(opts: DatasetOptions) -> Source:
     if key is None:
         raise DataError(f"{root}: no activity_key.txt beside it; {hint}")
     names, labels = read_activity_key(key)
-    folder = root / "raw" / opts.device / opts.sensor if (root / "raw").is_dir() else root
-    pattern = f"data_*_{opts.sensor}_{opts.device}.txt"
+    folder = root / "raw" / opts.sensor_device / opts.sensor if (root / "raw").is_dir() else root
+    pattern = f"data_*_{opts.sensor}_{opts.sensor_device}.txt"
     files = sorted(folder.glob(pattern)) if folder.is_dir() else [folder]
     if opts.subjects:
         wanted = set(opts.subjects)

@@ -43,6 +43,7 @@ import urllib.request
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable, Iterator
+from urllib.response import addinfourl
 
 from tqdm import tqdm
 
@@ -60,8 +61,8 @@ SHA256_ENV = "HAR_VIT_WISDM_SHA256"
 # None: no published value exists, so the trust-on-first-use record stands in.
 PINNED_SHA256: str | None = None
 
-# The real archive is about 11 MB and unpacks to about 50 MB in 6 members; the caps
-# leave ample room for that and stop a runaway server or a decompression bomb.
+# The real archive is about 11 MB and unpacks to about 50 MB in a handful of members;
+# the caps leave ample room for that and stop a runaway server or a decompression bomb.
 MAX_DOWNLOAD_BYTES = 256 * 2**20
 MAX_EXTRACT_BYTES = 512 * 2**20
 MAX_MEMBERS = 1000
@@ -136,18 +137,21 @@ def download(
             if announced is not None and announced > MAX_DOWNLOAD_BYTES:
                 raise DownloadError(f"{url}: announces {announced} bytes, over the {MAX_DOWNLOAD_BYTES}-byte cap; check the URL")
             got, sha = _stream(response, tmp, url, dest, announced, progress)
+        retry = f"nothing was kept - re-run to retry, or {_by_hand(dest)}"
         if announced is not None and got != announced:
-            raise DownloadError(f"{url}: truncated download, got {got} of {announced} bytes; nothing was kept - re-run to retry, or {_by_hand(dest)}")
+            raise DownloadError(f"{url}: truncated download, got {got} of {announced} bytes; {retry}")
         if expected_size is not None and got != expected_size:
-            raise DownloadError(f"{url}: got {got} bytes, expected {expected_size}; nothing was kept - re-run to retry, or {_by_hand(dest)}")
+            raise DownloadError(f"{url}: got {got} bytes, expected {expected_size}; {retry}")
         if expected_sha256 is not None and sha != expected_sha256.lower():
-            raise DownloadError(f"{url}: sha256 mismatch: expected {expected_sha256.lower()}, got {sha}; nothing was kept - re-run to retry, or {_by_hand(dest)}")
+            raise DownloadError(f"{url}: sha256 mismatch: expected {expected_sha256.lower()}, got {sha}; {retry}")
         if verify is not None:
             verify(tmp)
     return dest
 
 
-def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES, max_members: int = MAX_MEMBERS) -> Path:
+def safe_extract(
+    archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTES, max_members: int = MAX_MEMBERS
+) -> Path:
     """Unpack the ``.tar.gz`` ``archive`` into the new folder ``dest`` and return it.
 
     Every member is checked before anything is written: only plain files and folders
@@ -159,6 +163,8 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTE
     that is renamed to ``dest`` when complete.
     """
     archive, dest = Path(archive), Path(dest)
+    if not archive.is_file():
+        raise DataError(f"{archive}: no such file; pass an existing .tar.gz archive")
     if dest.exists():
         raise DataError(f"{dest}: already exists; delete it or unpack {archive.name} elsewhere")
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -174,7 +180,7 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTE
         os.rename(tmp, dest)
     except OSError as e:  # disk full, permissions, or dest created meanwhile by another run
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{dest}: cannot unpack {archive} there ({e.strerror or e}); free space or fix permissions, then re-run") from None
+        raise DataError(f"{dest}: cannot unpack {archive} there ({e.strerror or e}); free space or fix permissions") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -187,17 +193,18 @@ def safe_extract(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACT_BYTE
 def _from_data_path(path: Path, data_dir: Path, vouched: tuple[str, str] | None) -> Path:
     """The raw file behind a ``--data-path``: an archive, a folder or the file itself."""
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder; pass {ARCHIVE_NAME}, the folder it unpacks to, or {RAW_NAME}")
+        raise DataError(f"{path}: no such file or folder; pass {ARCHIVE_NAME}, the folder it unpacks to or {RAW_NAME}")
     if path.is_dir():
         found = _find_raw(path)
         if found is None:
-            raise DataError(f"{path}: holds no {RAW_NAME} (nor .gz); pass the folder unpacked from {ARCHIVE_NAME}, the archive itself, or the raw file")
+            raise DataError(f"{path}: holds no {RAW_NAME} (nor .gz); pass the folder unpacked from {ARCHIVE_NAME} or the raw file")
         return found
     name = path.name.lower()
     if name.endswith((".tar.gz", ".tgz")):
         # A user's own archive may be a repack, so only an expectation they gave applies.
-        sha = _admit(path, str(path), vouched, "check that it is the file you meant") if vouched else sha256_file(path)
-        return _raw_from_archive(path, data_dir, sha)
+        if vouched is None:
+            return _raw_from_archive(path, data_dir, sha256_file(path))
+        return _raw_from_archive(path, data_dir, _admit(path, str(path), vouched, "check it is the file you meant"))
     if name.endswith((".txt", ".txt.gz")):
         return path  # reading .gz is the parser's job
     raise DataError(f"{path}: not a .tar.gz/.tgz archive, a folder or a .txt/.txt.gz file; pass one of those")
@@ -226,7 +233,11 @@ def _raw_from_archive(archive: Path, data_dir: Path, sha: str) -> Path:
     stem = re.sub(r"\.(tar\.gz|tgz)$", "", archive.name, flags=re.IGNORECASE)
     dest = data_dir / f"{stem}-{sha[:12]}"
     if not dest.is_dir():
-        safe_extract(archive, dest)
+        try:
+            safe_extract(archive, dest)
+        except DataError:
+            if not dest.is_dir():  # else another run unpacked the same archive meanwhile
+                raise
     found = _find_raw(dest)
     if found is None:
         raise DataError(f"{archive}: holds no {RAW_NAME}; pass the WISDM v1.1 archive {ARCHIVE_NAME}")
@@ -286,7 +297,10 @@ def _admit(path: Path, label: str, expectation: tuple[str, str] | None, advice: 
     sha = sha256_file(path)
     if expectation is not None and sha != expectation[0]:
         expected, source = expectation
-        raise DownloadError(f"{label}: sha256 mismatch: expected {expected} ({source}), got {sha}; {advice}, or set {SHA256_ENV}={sha} if the archive changed on purpose")
+        raise DownloadError(
+            f"{label}: sha256 mismatch: expected {expected} ({source}), got {sha}; "
+            f"{advice}, or set {SHA256_ENV}={sha} if the archive changed on purpose"
+        )
     _check_archive(path, label)
     return sha
 
@@ -303,28 +317,31 @@ def _effective_url(url: str) -> str:
     return (os.environ.get(URL_ENV) or url) if url == OFFICIAL_URL else url
 
 
-def _download_archive(url: str, archive: Path, vouched: tuple[str, str] | None, progress: bool, timeout: float) -> str:
+def _download_archive(
+    url: str, archive: Path, vouched: tuple[str, str] | None, progress: bool, timeout: float
+) -> str:
     """Download, verify and cache the archive at ``archive``; return its sha256."""
     expectation = _expectation(vouched, archive)
-    admitted: list[str] = []
+    sha = ""
 
     def verify(tmp: Path) -> None:
         # The expectation is checked here rather than by download()'s own sha check so
         # that the message can say where it came from (e.g. the first-use record).
+        nonlocal sha
         try:
-            admitted.append(_admit(tmp, url, expectation, "nothing was kept; re-run to retry"))
+            sha = _admit(tmp, url, expectation, "nothing was kept; re-run to retry")
         except DataError as e:  # corrupt or unsafe content is a failed download here
             raise DownloadError(f"{e}; nothing was kept - re-run to retry, or {_by_hand(archive)}") from None
 
     download(url, archive, progress=progress, timeout=timeout, verify=verify)
-    return admitted[0]
+    return sha
 
 
 def _by_hand(dest: Path) -> str:
     return f"download {dest.name} by hand and put it in {dest.parent}/, or pass --data-path PATH"
 
 
-def _open_url(url: str, dest: Path, timeout: float) -> http.client.HTTPResponse:
+def _open_url(url: str, dest: Path, timeout: float) -> http.client.HTTPResponse | addinfourl:
     request = urllib.request.Request(url, headers={"User-Agent": f"har_vit/{__version__}"})
     try:
         return urllib.request.urlopen(request, timeout=timeout)
@@ -338,16 +355,19 @@ def _open_url(url: str, dest: Path, timeout: float) -> http.client.HTTPResponse:
         raise DownloadError(f"cannot download {url!r}: {e}; check {URL_ENV}") from None
 
 
-def _content_length(response: http.client.HTTPResponse) -> int | None:
+def _content_length(response: http.client.HTTPResponse | addinfourl) -> int | None:
     value = response.headers.get("Content-Length")
     return int(value) if value is not None and value.strip().isdigit() else None
 
 
-def _stream(response, out: Path, url: str, dest: Path, total: int | None, progress: bool) -> tuple[int, str]:
+def _stream(
+    response: http.client.HTTPResponse | addinfourl, out: Path, url: str, dest: Path, total: int | None, progress: bool
+) -> tuple[int, str]:
     """Copy the body to ``out``; return its byte count and sha256."""
     digest, got = hashlib.sha256(), 0
     shown = progress and sys.stderr.isatty()
-    with open(out, "wb") as fh, tqdm(total=total, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=not shown) as bar:
+    bar = tqdm(total=total, desc=dest.name, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, disable=not shown)
+    with open(out, "wb") as fh, bar:
         try:
             while chunk := response.read(_CHUNK):
                 got += len(chunk)
@@ -357,7 +377,10 @@ def _stream(response, out: Path, url: str, dest: Path, total: int | None, progre
                 fh.write(chunk)
                 bar.update(len(chunk))
         except (OSError, http.client.HTTPException) as e:  # timeout, reset, IncompleteRead
-            raise DownloadError(f"{url}: download broke off after {got} bytes ({type(e).__name__}: {e}); nothing was kept - re-run to retry, or {_by_hand(dest)}") from None
+            raise DownloadError(
+                f"{url}: download broke off after {got} bytes ({type(e).__name__}: {e}); "
+                f"nothing was kept - re-run to retry, or {_by_hand(dest)}"
+            ) from None
     return got, digest.hexdigest()
 
 
@@ -372,7 +395,7 @@ def _open_tar(archive: Path) -> tarfile.TarFile:
 
 
 def _corrupt(label: str, e: BaseException) -> DataError:
-    return DataError(f"{label}: not a readable .tar.gz, corrupt or truncated ({type(e).__name__}: {e}); get a fresh copy of the archive")
+    return DataError(f"{label}: not a readable .tar.gz, corrupt or truncated ({type(e).__name__}: {e}); get a fresh copy")
 
 
 def _check_archive(archive: Path, label: str) -> None:
@@ -388,23 +411,30 @@ def _check_archive(archive: Path, label: str) -> None:
             while chunk := gz.read(_CHUNK):
                 trailing += len(chunk)
                 if trailing > _MAX_TRAILING_BYTES:
-                    raise DataError(f"{label}: more than {_MAX_TRAILING_BYTES} bytes after the end of the tar archive; get a fresh copy of the archive")
+                    raise DataError(f"{label}: more than {_MAX_TRAILING_BYTES} bytes after the end of the tar archive; get a fresh copy")
     except _CORRUPT as e:
         raise _corrupt(label, e) from None
 
 
 def _checked_members(tf: tarfile.TarFile, label: str, max_bytes: int, max_members: int) -> Iterator[tarfile.TarInfo]:
-    """Yield the members of ``tf``, raising DataError at the first unsafe one."""
+    """Yield the members of ``tf``, raising DataError at the first unsafe one.
+
+    Sizes are the ones the headers claim, summed before any data is read; a member
+    never yields more than its claimed size, so the sum bounds what is written.
+    """
     total = 0
     for count, member in enumerate(tf, start=1):
         if count > max_members:
-            raise DataError(f"{label}: more than {max_members} members, refusing to unpack (decompression-bomb guard); get a trusted copy of the archive")
+            raise DataError(f"{label}: more than {max_members} members (decompression-bomb guard); get a trusted copy of the archive")
         why = _refusal(member)
         if why is not None:
-            raise DataError(f"{label}: refusing member {member.name!r} ({why}); the archive is unsafe to unpack - get a trusted copy")
+            raise DataError(f"{label}: refusing member {member.name!r} ({why}); the archive is unsafe - get a trusted copy")
         total += member.size if member.isreg() else 0
         if total > max_bytes:
-            raise DataError(f"{label}: member {member.name!r} takes the unpacked size past the {max_bytes}-byte cap (decompression-bomb guard); get a trusted copy of the archive")
+            raise DataError(
+                f"{label}: member {member.name!r} takes the unpacked size past the {max_bytes}-byte cap "
+                "(decompression-bomb guard); get a trusted copy of the archive"
+            )
         yield member
 
 
@@ -418,7 +448,7 @@ def _refusal(member: tarfile.TarInfo) -> str | None:
         return "device file"
     if member.isfifo():
         return "FIFO"
-    if member.issparse():  # counts as regular, but may unpack to more than it claims
+    if member.issparse():  # "regular" to tarfile; WISDM has none, so no need to reason about holes
         return "sparse file"
     if not (member.isreg() or member.isdir()):
         return f"unsupported member type {member.type!r}"
@@ -434,7 +464,8 @@ def _write_member(tf: tarfile.TarFile, member: tarfile.TarInfo, root: Path, arch
     """Create one checked member under ``root`` with default permissions."""
     target = root.joinpath(*PurePosixPath(member.name).parts)
     # Second guard after _refusal: whatever the name, the target resolves inside root.
-    if os.path.commonpath([os.path.realpath(target), os.path.realpath(root)]) != os.path.realpath(root):
+    real_root = os.path.realpath(root)
+    if os.path.commonpath([os.path.realpath(target), real_root]) != real_root:
         raise DataError(f"{archive}: refusing member {member.name!r} (resolves outside the destination); get a trusted copy")
     if member.isdir():
         target.mkdir(parents=True, exist_ok=True)

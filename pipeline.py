@@ -1,0 +1,250 @@
+#!/usr/bin/env python
+"""har_vit command line: one command per stage, plus the whole job.
+
+Each command parses options, builds frozen configs (defaults < --config YAML < CLI),
+calls one stage function and prints where the result went. No logic lives here.
+A HarVitError becomes one line on stderr and its exit code; a traceback means a bug.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from har_vit.errors import HarVitError
+
+HELP = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _cli_layer(kw: dict[str, Any]) -> dict[str, Any]:
+    """Options the user actually gave (click passes None for the others)."""
+    return {k: v for k, v in kw.items() if v is not None and v != ()}
+
+
+def _layers(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    from har_vit.config import load_yaml
+
+    return load_yaml(kw.pop("config", None)), _cli_layer(kw)
+
+
+# Options shared by every command that takes them, so they read the same everywhere.
+def opt_config(f: Callable) -> Callable:
+    return click.option("--config", type=click.Path(dir_okay=False), help="YAML file of options (the command line wins).")(f)
+
+
+def opts_data(f: Callable) -> Callable:
+    f = click.option("--data-dir", type=click.Path(file_okay=False), help="Where downloads and data live [data].")(f)
+    f = click.option("--sensor-device", type=click.Choice(["phone", "watch"]), help="wisdm2019: phone or watch accelerometer [phone].")(f)
+    f = click.option("--subjects", type=int, multiple=True, help="wisdm2019: only these subject ids (repeat the option).")(f)
+    f = click.option("--data-path", type=click.Path(), help="Archive, folder or raw log (.txt/.txt.gz); .npz for --dataset npz.")(f)
+    return click.option("--dataset", type=str, help="wisdm (v1.1), wisdm2019 or npz [wisdm].")(f)
+
+
+def opts_windows(f: Callable) -> Callable:
+    f = click.option("--window", type=int, help="Samples per window [128].")(f)
+    f = click.option("--step", type=int, help="Samples between window starts [64].")(f)
+    return click.option("--gap-s", type=float, help="A step over this many seconds ends a bout [1.0].")(f)
+
+
+def opts_train(f: Callable) -> Callable:
+    f = click.option("--model", type=str, help="Model variant (see `pipeline.py models`).")(f)
+    f = click.option("--epochs", type=int, help="Training epochs.")(f)
+    f = click.option("--batch-size", type=int, help="Global batch size.")(f)
+    f = click.option("--lr", type=float, help="Peak learning rate (AdamW).")(f)
+    f = click.option("--split", type=click.Choice(["subject", "seed", "random", "loso"]), help="Split protocol [subject].")(f)
+    f = click.option("--test-users", type=int, multiple=True, help="subject split: these users are the test set.")(f)
+    f = click.option("--fold", type=int, help="loso split: index of the held-out user.")(f)
+    f = click.option("--seed", type=int, help="Random seed for split, init and shuffling [0].")(f)
+    return click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [auto: CUDA when present].")(f)
+
+
+def handle_errors(f: Callable) -> Callable:
+    """Turn a HarVitError into one line on stderr and its exit code."""
+    @functools.wraps(f)
+    def wrapper(*a: Any, **kw: Any) -> Any:
+        try:
+            return f(*a, **kw)
+        except HarVitError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(e.exit_code)
+    return wrapper
+
+
+@click.group(context_settings=HELP)
+@click.version_option(package_name="har_vit", message="har_vit %(version)s")
+def cli() -> None:
+    """Human-activity recognition from WISDM accelerometer logs with a patch-merging 1D ViT.
+
+    \b
+    Whole job:   python pipeline.py run --dataset wisdm
+    Stage by stage:
+      python pipeline.py ingest  --dataset wisdm2019 --data-path ../shared/data/wisdm2019 --out runs/x/ingest
+      python pipeline.py windows --in runs/x/ingest --out runs/x/windows
+      python pipeline.py train   --in runs/x/windows --out runs/x/model
+      python pipeline.py evaluate --run runs/x/model
+      python pipeline.py report  --run runs/x/model
+    """
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@opts_data
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder of the ingest stage.")
+@handle_errors
+def ingest(out: str, **kw: Any) -> None:
+    """Parse raw WISDM logs; every record is kept or quarantined with a reason.
+
+    \b
+    Example:
+      python pipeline.py ingest --dataset wisdm2019 --data-path ../shared/data/wisdm2019 --out runs/x/ingest
+    """
+    from har_vit import ingest as stage
+    from har_vit.config import build
+
+    cfg = build(stage.IngestConfig, *_layers(kw))
+    m = stage.run(cfg, out)
+    q = sum(m["records_quarantined"].values())
+    click.echo(f"ingest: {m['records_kept']:,} of {m['records_total']:,} records kept, {q:,} quarantined "
+               f"({', '.join(f'{k}: {v}' for k, v in m['records_quarantined'].items()) or 'none'}) -> {out}")
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@click.option("--in", "in_dir", type=click.Path(file_okay=False), help="Ingest output folder.")
+@click.option("--dataset", type=str, help="Only `npz`: import pre-windowed arrays from --data-path.")
+@click.option("--data-path", type=click.Path(), help="With --dataset npz: the .npz file (X, y, subject, class_names).")
+@opts_windows
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output folder of the windows stage.")
+@handle_errors
+def windows(in_dir: str | None, dataset: str | None, data_path: str | None, out: str, **kw: Any) -> None:
+    """Cut records into windows inside bouts (no window crosses a user, activity or gap).
+
+    \b
+    Examples:
+      python pipeline.py windows --in runs/x/ingest --out runs/x/windows
+      python pipeline.py windows --dataset npz --data-path my_windows.npz --out runs/y/windows
+    """
+    from har_vit import windows as stage
+    from har_vit.config import build
+    from har_vit.errors import UsageError
+
+    cfg = build(stage.WindowConfig, *_layers(kw))
+    if dataset == "npz" or (data_path and not in_dir):
+        if not data_path:
+            raise UsageError("--dataset npz needs --data-path FILE.npz")
+        m = stage.import_npz(cfg, data_path, out)
+    elif in_dir:
+        m = stage.run(cfg, in_dir, out)
+    else:
+        raise UsageError("give --in INGEST_FOLDER (or --dataset npz --data-path FILE.npz)")
+    click.echo(f"windows: {m['windows_total']:,} windows of {m['window']} (step {m['step']}) -> {out}")
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@click.option("--in", "in_dir", type=click.Path(file_okay=False), required=True, help="Windows folder.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder for checkpoints and history.")
+@opts_train
+@click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint in --out.")
+@handle_errors
+def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
+    """Train a model on the train split; select and stop early on validation only.
+
+    \b
+    Example:
+      python pipeline.py train --in runs/x/windows --out runs/x/model --model seed --epochs 30
+      torchrun --nproc_per_node 2 pipeline.py train --in runs/x/windows --out runs/x/model
+    """
+    from har_vit import train as stage
+    from har_vit.config import build
+
+    cfg = build(stage.TrainConfig, *_layers(kw))
+    m = stage.run(cfg, in_dir, out, resume=resume)
+    if m:  # None on non-zero ranks of a distributed run
+        click.echo(f"train: {m['model']} on {m['device']}, best val macro F1 {m['best_val_macro_f1']:.4f} "
+                   f"(epoch {m['best_epoch']}) -> {out}")
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Train run folder.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to measure [auto].")
+@click.option("--latency-repeats", type=int, help="Timed runs per latency figure [100].")
+@handle_errors
+def evaluate(run_dir: str, **kw: Any) -> None:
+    """Metrics on the test split, efficiency (params, FLOPs, latency) and plots.
+
+    \b
+    Example:
+      python pipeline.py evaluate --run runs/x/model
+    """
+    from har_vit import evaluate as stage
+    from har_vit.config import build
+
+    cfg = build(stage.EvalConfig, *_layers(kw))
+    m = stage.run(cfg, run_dir)
+    click.echo(f"evaluate: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n_test']:,} test windows "
+               f"({m['split']['protocol']} split) -> {Path(run_dir) / 'eval'}")
+
+
+@cli.command(context_settings=HELP)
+@click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Evaluated train run folder.")
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False), default="reports", show_default=True)
+@click.option("--run-id", type=str, help="Report folder name [the run's id].")
+@handle_errors
+def report(run_dir: str, reports_dir: str, run_id: str | None) -> None:
+    """Write reports/<run_id>/report.md and report.html, and refresh reports/index.html.
+
+    \b
+    Example:
+      python pipeline.py report --run runs/x/model
+    """
+    from har_vit import report as stage
+
+    path = stage.run(run_dir, reports_dir, run_id)
+    click.echo(f"report: {path}")
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@opts_data
+@opts_windows
+@opts_train
+@click.option("--out", type=click.Path(file_okay=False), help="Run folder [runs/<run_id>].")
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False), help="Reports folder [reports].")
+@handle_errors
+def run(**kw: Any) -> None:
+    """The whole job: find or download the data, ingest, windows, train, evaluate, report.
+
+    \b
+    Examples:
+      python pipeline.py run --dataset wisdm
+      python pipeline.py run --dataset wisdm2019 --data-path ../shared/data/wisdm2019 --epochs 20
+      python pipeline.py run --dataset npz --data-path ../shared/data/wisdm_v1.1/wisdm_v1.1_windows128.npz
+    """
+    from har_vit import job
+
+    yaml_layer, cli_layer = _layers(kw)
+    result = job.run(yaml_layer, cli_layer, echo=lambda s: click.echo(s, err=True))
+    click.echo(result.report)
+
+
+@cli.command(context_settings=HELP)
+def models() -> None:
+    """List the model variants with their parameter counts at 128 x 3, 6 classes."""
+    from har_vit.model import create_model, list_models
+
+    for name in list_models():
+        m = create_model(name)
+        click.echo(f"{name:12s} {sum(p.numel() for p in m.parameters()):>12,} params")
+
+
+def main() -> None:
+    cli(prog_name="pipeline.py")
+
+
+if __name__ == "__main__":
+    main()
