@@ -18,7 +18,7 @@ import numpy as np
 from har_vit.config import as_dict
 from har_vit.datasets import DatasetOptions, Source, resolve
 from har_vit.errors import DataError, UsageError
-from har_vit.io import file_entry, save_npz, write_bytes, write_manifest
+from har_vit.io import begin_stage, file_entry, save_npz, write_bytes, write_manifest
 from har_vit.parse import Parsed, parse_file
 
 RECORDS = "records.npz"
@@ -68,8 +68,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
         raise UsageError(f"dataset {source.dataset!r} is already windowed: run 'pipeline.py windows --dataset npz "
                          "--data-path FILE' instead of ingest")
     parsed, files = ingest_files(source.files, source.labels)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = begin_stage(out_dir)
     n = [p.kept for p in parsed]
     cols = {
         "user": np.concatenate([p.user for p in parsed]),

@@ -132,6 +132,15 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def begin_stage(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` and drop any old manifest first: until the new manifest is
+    written last, the folder reads as unfinished, never as the old result."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    return out
+
+
 def write_manifest(folder: str | os.PathLike, stage: str, **fields: Any) -> Path:
     """Write ``folder/manifest.json`` last, atomically, with stage, time and versions."""
     body = {"stage": stage, "created": now_iso(), "versions": versions(), **fields}

@@ -20,7 +20,7 @@ import numpy as np
 
 from har_vit.config import as_dict
 from har_vit.errors import ArtefactError, DataError, UsageError
-from har_vit.io import file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
+from har_vit.io import begin_stage, file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
 
 WINDOWS = "windows.npz"
 INDEX = "index.csv"
@@ -126,7 +126,7 @@ def import_npz(cfg: WindowConfig, path: str | Path, out_dir: str | Path) -> dict
 
 
 def _write(cfg: WindowConfig, a: dict[str, np.ndarray], out: Path, inputs: dict, extra: dict, t0: float) -> dict[str, Any]:
-    out.mkdir(parents=True, exist_ok=True)
+    begin_stage(out)
     save_npz(out / WINDOWS, **a)
     names = [str(c) for c in a["class_names"]]
     buf = io.StringIO()
