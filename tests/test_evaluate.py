@@ -46,7 +46,7 @@ def _synthetic_windows(class_names, seed=0):
     t = np.arange(T) / 20.0
     means = rng.normal(0, 2, size=(k, C))
     X = means[y][:, None, :] + np.sin(2 * np.pi * (1 + y)[:, None, None] * t[None, :, None]) \
-        + rng.normal(0, 0.5, size=(len(rows), T, C))  # (N, T, C)
+        + rng.normal(0, 2.0, size=(len(rows), T, C))  # (N, T, C); noisy enough that some windows are missed
     return X.astype(np.float32), y, subject, np.array([r[2] for r in rows], np.int64)
 
 
@@ -89,7 +89,7 @@ def _train_tiny(X, y, train, num_classes, steps, seed=0):
     mean, std = X[train].mean(axis=(0, 1)), X[train].std(axis=(0, 1))
     xb = torch.from_numpy((X[train] - mean) / std)
     yb = torch.from_numpy(y[train])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(steps):
         opt.zero_grad()
@@ -100,7 +100,7 @@ def _train_tiny(X, y, train, num_classes, steps, seed=0):
 
 def build_run(root: Path, *, protocol: str = "subject", run_id: str = "run-a",
               created: str = "2024-01-01T00:00:00+00:00", class_names=CLASSES, ingest: bool = True,
-              steps: int = 30, seed: int = 0) -> Path:
+              steps: int = 10, seed: int = 0) -> Path:
     """Ingest manifest -> windows folder -> train run folder under ``root``, to the contract; returns the run folder."""
     X, y, subject, rank = _synthetic_windows(class_names, seed)
     ingest_dir, windows_dir, run_dir = root / "ingest", root / "windows", root / "runs" / run_id
@@ -149,7 +149,7 @@ def test_metrics_equal_sklearn_on_the_same_test_predictions(evaluated):
     y_true, y_pred = reference_predict(run_dir)
     assert m["n_test"] == y_true.size
     assert m["accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
-    assert 0.3 < m["accuracy"] < 1.0 or m["accuracy"] == 1.0  # trained: far above chance (1/6)
+    assert m["accuracy"] > 0.4  # trained: far above chance (1/6), so the metrics are not degenerate
     assert m["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro", zero_division=0))
     assert m["weighted_f1"] == pytest.approx(f1_score(y_true, y_pred, average="weighted", zero_division=0))
     assert m["macro_precision"] == pytest.approx(precision_score(y_true, y_pred, average="macro", zero_division=0))
@@ -271,13 +271,13 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     src, _ = evaluated
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
-    cfg = EvalConfig(device="cpu", batch_sizes=(1, 16))  # default latency_repeats=100, warmup=10
+    cfg = EvalConfig(device="cpu", batch_sizes=(1, 4))  # default latency_repeats=100, warmup=10
     m = run(cfg, run_dir)
     cpu = m["latency_ms"]["cpu"]
     assert cpu["repeats"] == 100 and cpu["warmup"] == 10
     assert cpu["threads"] == torch.get_num_threads()
     assert cpu["device_name"]
-    for key in ("batch_1", "batch_16"):
+    for key in ("batch_1", "batch_4"):
         assert 0 < cpu[key]["median"] <= cpu[key]["p90"]
         assert m["throughput_windows_per_s"]["cpu"][key] == pytest.approx(int(key[6:]) / cpu[key]["median"] * 1e3)
     assert "cuda" not in m["latency_ms"]  # device=cpu times the CPU only

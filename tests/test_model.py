@@ -19,6 +19,9 @@ torch.set_num_threads(1)
 SEED_PARAMS = 4_367_366  # the article, at 128 x 3 input and 6 classes
 ARTICLE_FLOPS = 58.56e6
 MODELS = list_models()
+# torch.jit.trace and the TorchScript ONNX exporter are deprecated in recent torch, but
+# users still trace and export models with them: test them quietly.
+quiet_deprecation = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +77,7 @@ def test_other_input_shapes(name, window, channels, classes):
     assert feats.shape[1:] == (model.cfg.groups, model.cfg.final_patches, model.cfg.dims[-1])
 
 
+@quiet_deprecation
 @pytest.mark.parametrize("name", MODELS)
 def test_jit_trace_matches_eager_at_any_batch(name):
     model = _model(name)
@@ -90,6 +94,7 @@ def test_torch_export_matches_eager(name):
     torch.testing.assert_close(exported.module()(x), model(x))
 
 
+@quiet_deprecation
 @pytest.mark.parametrize("name", MODELS)
 def test_onnx_export_is_valid_and_matches(name, tmp_path):
     onnx = pytest.importorskip("onnx")
@@ -134,6 +139,7 @@ def test_seed_flops_near_the_article(seed_model):
     assert "aten::scaled_dot_product_attention" not in skipped
 
 
+@quiet_deprecation
 def test_flops_count_attention_matmuls(seed_model):
     from fvcore.nn import FlopCountAnalysis
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +191,10 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]
     try:
         fca = FlopCountAnalysis(model, x).set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
         fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return int(fca.total()), dict(fca.unsupported_ops())
+        with warnings.catch_warnings():
+            # fvcore traces with torch.jit, deprecated in recent torch: not the caller's concern.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return int(fca.total()), dict(fca.unsupported_ops())
     finally:
         model.train(was_training)
 

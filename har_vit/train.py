@@ -1,0 +1,604 @@
+"""Train stage: a windows folder -> a run folder with checkpoints, history and a manifest.
+
+WISDM is small (~17k windows of 128 x 3 floats, ~26 MB) and so are the models, so a
+per-sample Python data pipeline would cost more than the math. Instead the whole
+training split is normalised once and kept on the device as one tensor; an epoch is
+one seeded on-device permutation and a batch is one gather from it. The last partial
+batch of each epoch is dropped, so every step has the same shape (no recompiles, equal
+shards across ranks); the shuffle changes which windows fall out, so all are used.
+
+Only the train split shapes the model (normalisation statistics, class weights,
+gradients) and only the validation split picks ``best.pt`` and stops early. The test
+split is written to ``split.npz`` and never read here: ``evaluate`` scores it.
+
+Run folder (docs/architecture.md): ``last.pt`` (full resume state, every epoch),
+``best.pt`` (best validation macro F1), ``history.json`` / ``history.csv``,
+``split.npz`` and ``manifest.json`` (written last).
+
+``run(..., resume=True)`` continues from ``last.pt``; on CPU the result is bit-identical
+to an uninterrupted run. Under ``torchrun --nproc_per_node N`` the same call trains with
+DistributedDataParallel, each rank taking its slice of every global batch.
+
+>>> manifest = run(TrainConfig(model="tiny", epochs=2), "out/windows", "out/runs/tiny")  # doctest: +SKIP
+>>> manifest["epochs_run"], manifest["best_epoch"], manifest["device"]                   # doctest: +SKIP
+(2, 2, 'cpu')
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import random
+import secrets
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from har_vit import distributed
+from har_vit.checkpoint import load_checkpoint, normalise, save_checkpoint
+from har_vit.config import as_dict
+from har_vit.distributed import DistContext
+from har_vit.efficiency import device_label, resolve_device
+from har_vit.errors import UsageError
+from har_vit.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
+from har_vit.model import create_model, list_models
+from har_vit.splits import PROTOCOLS, Split, make_split
+from har_vit.windows import WINDOWS, load_windows
+
+SCHEDULES = ("cosine", "step", "constant")
+DEVICES = ("auto", "cuda", "cpu")
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds",
+                  "windows_per_s")
+# Options that change how a run executes, not what it computes: a resume may change them.
+RUNTIME_ONLY = ("device", "compile", "threads", "progress", "eval_batch_size")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Defaults: AdamW, warm-up + cosine, subject split."""
+
+    model: str = "seed"  # a registered variant (har_vit.model.list_models())
+    epochs: int = 30
+    batch_size: int = 128  # global batch; under torchrun each rank takes batch_size // world
+    lr: float = 5e-4
+    weight_decay: float = 0.05  # AdamW, on weight matrices only (not biases, norms)
+    warmup_epochs: float = 2.0  # linear warm-up from lr / warm-up steps, per step
+    schedule: str = "cosine"  # "cosine" decay to min_lr, "step" (the article's StepLR), "constant"
+    min_lr: float = 1e-6  # floor of the cosine decay
+    step_epochs: int = 10  # "step": multiply the lr by step_gamma every step_epochs epochs
+    step_gamma: float = 0.1  # torch StepLR's default gamma
+    label_smoothing: float = 0.0
+    class_weights: bool = False  # weight the loss by inverse class frequency on train
+    patience: int | None = None  # stop after this many epochs without a better val macro F1
+    drop: float | None = None  # override the variant's dropout (None keeps it)
+    drop_path: float | None = None  # override the variant's stochastic depth
+    split: str = "subject"  # har_vit.splits protocol
+    seed: int = 0  # split, initialisation, shuffling and dropout
+    val_frac: float = 0.1
+    test_frac: float = 0.2
+    test_users: tuple[int, ...] = ()  # subject split: these users are the test set
+    fold: int | None = None  # loso split: index of the held-out user
+    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
+    compile: bool = False  # torch.compile the model
+    threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
+    progress: bool = True  # tqdm bar per epoch on stderr
+    eval_batch_size: int = 2048  # validation forward batch (memory only, not results)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "test_users", tuple(int(u) for u in self.test_users))
+        bad = []
+        if self.model not in list_models():
+            bad.append(f"model '{self.model}' is not one of {', '.join(list_models())}")
+        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
+            bad.append(f"epochs ({self.epochs}), batch_size ({self.batch_size}) and eval_batch_size must be >= 1")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            bad.append(f"need lr > 0 and 0 <= min_lr <= lr (got lr {self.lr}, min_lr {self.min_lr})")
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            bad.append(f"weight_decay ({self.weight_decay}) and warmup_epochs ({self.warmup_epochs}) must be >= 0")
+        if self.schedule not in SCHEDULES:
+            bad.append(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
+        if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
+            bad.append(f"need step_epochs >= 1 and 0 < step_gamma <= 1 (got {self.step_epochs}, {self.step_gamma})")
+        if not 0 <= self.label_smoothing < 1:
+            bad.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.patience is not None and self.patience < 1:
+            bad.append(f"patience must be >= 1 epoch or unset (got {self.patience})")
+        if self.split not in PROTOCOLS:
+            bad.append(f"split '{self.split}' is not one of {', '.join(PROTOCOLS)}")
+        if self.device not in DEVICES:
+            bad.append(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
+        if self.threads is not None and self.threads < 1:
+            bad.append(f"threads must be >= 1 (got {self.threads})")
+        if bad:
+            raise UsageError("bad training option: " + "; ".join(bad))
+
+
+# --- the pieces of a training step (the bench's DataLoader baseline reuses them) -------------------
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, since decaying biases and norm gains only hurts."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    # The fused kernel updates every parameter in one launch; it matters on GPUs, where a
+    # small model's step is launch-bound.
+    return torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    """Multiplier of ``cfg.lr`` at optimizer step ``k`` (0-based), for a per-step LambdaLR."""
+    total = cfg.epochs * steps_per_epoch
+    warm = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+    floor = cfg.min_lr / cfg.lr
+
+    def factor(k: int) -> float:
+        if k < warm:
+            return (k + 1) / warm
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "step":  # StepLR counted in epochs, as the article uses it
+            return cfg.step_gamma ** (k // (cfg.step_epochs * steps_per_epoch))
+        progress = min(1.0, (k - warm) / max(1, total - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    # A LambdaLR over a closure saves only its counters in state_dict, which weights_only loads.
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+
+
+def make_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Cross-entropy (optionally label-smoothed and class-weighted) averaged over the batch.
+
+    The plain per-sample mean, not torch's weight-normalised one: then equal shards'
+    losses averaged across DDP ranks equal the loss of the whole global batch.
+    """
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=cfg.label_smoothing,
+                               reduction="none").mean()
+
+    return loss_fn
+
+
+def autocast_for(device: torch.device) -> ContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
+               xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on batch ``xb`` (B, T, C); returns (loss * B, correct) as device tensors.
+
+    Nothing here reads a value back to the host, so a GPU runs ahead of Python.
+    """
+    with autocast_for(device):
+        logits = model(xb)  # (B, classes)
+    loss = loss_fn(logits, yb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach() * yb.shape[0], (logits.detach().argmax(1) == yb).sum()
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
+                X: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, device: torch.device,
+                bar: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train over ``batches`` (steps, B) of indices into the on-device ``X`` (N, T, C) and ``y`` (N,).
+
+    Returns the summed loss and the number of correct predictions (device tensors).
+    """
+    model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    for idx in batches:  # idx: (B,)
+        l, c = train_step(model, optimizer, scheduler, loss_fn, X[idx], y[idx], device)
+        loss_sum += l
+        correct += c
+        if bar is not None:
+            bar.update()
+    return loss_sum, correct
+
+
+@torch.no_grad()
+def evaluate_split(model: nn.Module, X: torch.Tensor, y: torch.Tensor, batch: int, device: torch.device) -> dict[str, float]:
+    """Plain cross-entropy, accuracy and macro F1 of ``model`` on (X, y).
+
+    The loss has no label smoothing or class weights, so validation losses compare
+    across training options.
+    """
+    from sklearn.metrics import f1_score
+
+    was_training = model.training
+    model.eval()
+    with autocast_for(device):
+        logits = torch.cat([model(X[i:i + batch]).float() for i in range(0, X.shape[0], batch)])  # (N, classes)
+    model.train(was_training)
+    pred = logits.argmax(1)
+    # Macro F1 over the classes present in the labels or predictions (sklearn's default), as evaluate does.
+    f1 = f1_score(y.cpu().numpy(), pred.cpu().numpy(), average="macro", zero_division=0)
+    return {"val_loss": F.cross_entropy(logits, y).item(), "val_acc": (pred == y).float().mean().item(),
+            "val_macro_f1": float(f1)}
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    """The train and validation splits on the device, normalised with train statistics."""
+
+    X_train: torch.Tensor  # (N_train, T, C)
+    y_train: torch.Tensor  # (N_train,)
+    X_val: torch.Tensor
+    y_val: torch.Tensor
+    split: Split
+    norm: dict[str, list[float]]
+    class_names: list[str]
+    class_weights: list[float] | None
+    windows_entry: dict[str, Any]  # the windows manifest's record of windows.npz (path, bytes, sha256)
+
+
+def fit_norm(X: np.ndarray) -> dict[str, list[float]]:
+    """Per-channel mean and std of windows ``X`` (N, T, C), accumulated in float64.
+
+    A constant channel gets std 1 rather than a division by zero.
+    """
+    mean = X.mean(axis=(0, 1), dtype=np.float64)
+    std = X.std(axis=(0, 1), dtype=np.float64)
+    return {"mean": mean.tolist(), "std": np.where(std > 1e-8, std, 1.0).tolist()}
+
+
+def inverse_frequency(y: np.ndarray, num_classes: int) -> list[float]:
+    """``n / (K * n_c)`` per class (mean weight over training windows is 1); 0 for a class absent from train."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    w = np.divide(y.size, num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
+    return w.tolist()
+
+
+def prepare_data(cfg: TrainConfig, windows_dir: Path, ctx: DistContext, device: torch.device) -> Data:
+    w = load_windows(windows_dir)  # ArtefactError when missing or corrupt
+    split = make_split(cfg.split, w, seed=cfg.seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                       test_users=cfg.test_users or None, fold=cfg.fold)
+    n_train, n_val = split.train.size, split.val.size
+    if n_val == 0:
+        raise UsageError(f"split '{cfg.split}' left no validation windows in {windows_dir} ({split.description}); "
+                         "best.pt and early stopping need them: raise --val-frac or use more users")
+    if n_train < cfg.batch_size:
+        raise UsageError(f"only {n_train} training windows in {windows_dir} for batch size {cfg.batch_size}; "
+                         f"lower --batch-size to at most {n_train} or add data")
+    if cfg.batch_size % ctx.world:
+        raise UsageError(f"batch size {cfg.batch_size} does not split evenly over {ctx.world} processes; "
+                         f"use a multiple of {ctx.world}")
+    names = [str(c) for c in w["class_names"]]
+    X_train, y_train = w["X"][split.train], w["y"][split.train]
+    norm = fit_norm(X_train)
+    weights = inverse_frequency(y_train, len(names)) if cfg.class_weights else None
+    entry = next((e for e in w["manifest"].get("outputs", []) if Path(e["path"]).name == WINDOWS), None)
+    if entry is None:
+        entry = file_entry(windows_dir / WINDOWS)
+
+    def on_device(X: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # The same normalise() as inference, so train and serve see identical inputs.
+        return normalise(torch.from_numpy(X), norm).to(device), torch.from_numpy(y.astype(np.int64)).to(device)
+
+    Xt, yt = on_device(X_train, y_train)
+    Xv, yv = on_device(w["X"][split.val], w["y"][split.val])
+    return Data(Xt, yt, Xv, yv, split, norm, names, weights, entry)
+
+
+# --- checkpoint state ------------------------------------------------------------------------------
+
+
+def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe)."""
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+        "numpy": [str(np_name), torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)],
+        "python": [py_version, list(py_internal), py_gauss],
+        "shuffle": shuffle.get_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state(state["cuda"][0], device)
+    name, keys, pos, gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    shuffle.set_state(state["shuffle"])
+
+
+def cpu_copy(obj: Any) -> Any:
+    """A snapshot of nested dicts/lists of tensors on the CPU, safe from the training that continues."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+def _comparable(x: Any) -> Any:
+    # Checkpoints give tuples or lists depending on the path they took; compare as JSON sees them.
+    return json.loads(json.dumps(x))
+
+
+def check_resumable(ckpt: dict[str, Any], cfg: TrainConfig, device: torch.device, data: Data, path: Path) -> None:
+    """A resume must continue the same computation: same options, data and device kind."""
+    saved, now = ckpt.get("train_config", {}), as_dict(cfg)
+    diff = [f"{k}={saved.get(k)!r} (now {now[k]!r})" for k in now
+            if k not in RUNTIME_ONLY and _comparable(saved.get(k)) != _comparable(now[k])]
+    if diff:
+        raise UsageError(f"{path}: cannot resume with different options: {', '.join(diff)}; pass the run's "
+                         "original options (see its train_config), or start a new run in another folder")
+    if ckpt.get("windows_sha256") != data.windows_entry["sha256"]:
+        raise UsageError(f"{path}: the run was trained on another windows.npz (sha256 "
+                         f"{str(ckpt.get('windows_sha256'))[:12]}..., now {data.windows_entry['sha256'][:12]}...); "
+                         "resume on the original windows folder, or start a new run")
+    if ckpt.get("device_type") != device.type:
+        raise UsageError(f"{path}: the run trained on {ckpt.get('device_type')} and would resume on {device.type}; "
+                         f"the shuffling RNG is device-specific: pass --device {ckpt.get('device_type')}")
+
+
+class CheckpointWriter:
+    """Writes each epoch's files on one background thread, in submission order.
+
+    Serialising and fsyncing a checkpoint takes long next to a GPU epoch of WISDM, so
+    the next epoch trains meanwhile. Callers hand over CPU snapshots (:func:`cpu_copy`),
+    never live tensors. A failed write re-raises at the next submit or at close.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="har_vit-ckpt")
+        self._pending: Future | None = None
+
+    def submit(self, fn: Callable[[], Any]) -> None:
+        self.wait()  # at most one epoch in flight: memory stays bounded and errors surface early
+        self._pending = self._pool.submit(fn)
+
+    def wait(self) -> None:
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+def write_history(out: Path, history: list[dict[str, Any]]) -> None:
+    write_json(out / "history.json", history)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    write_text(out / "history.csv", buf.getvalue())
+
+
+def make_run_id(cfg: TrainConfig) -> str:
+    """``<UTC yyyymmdd-HHMMSS>-<model>-<split>-s<seed>-<4 hex>``; the random tail keeps same-second runs apart."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{cfg.model}-{cfg.split}-s{cfg.seed}-{secrets.token_hex(2)}"
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def run(cfg: TrainConfig, windows_dir: str | Path, out_dir: str | Path, resume: bool = False, *,
+        stop_after: int | None = None) -> dict[str, Any]:
+    """Train ``cfg.model`` on the windows in ``windows_dir``; write the run folder ``out_dir``.
+
+    Returns the manifest. ``resume=True`` continues from ``out_dir/last.pt`` with the same
+    options. ``stop_after=k`` ends this call after epoch k's checkpoint, as a kill would
+    (no manifest: the run is unfinished), and returns ``{"finished": False, ...}``; continue
+    it with ``resume=True``. Under torchrun every rank calls this; rank 0 writes.
+    """
+    ctx = distributed.from_env()
+    device = resolve_device(cfg.device)  # UsageError for cuda without a GPU
+    owned = ctx.enabled and not torch.distributed.is_initialized()
+    device = distributed.setup(ctx, device)
+    try:
+        return _run(cfg, Path(windows_dir), Path(out_dir), resume, stop_after, ctx, device)
+    finally:
+        distributed.teardown(ctx, owned)
+
+
+def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_after: int | None,
+         ctx: DistContext, device: torch.device) -> dict[str, Any]:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
+
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and not last_path.is_file():
+        raise UsageError(f"{last_path}: nothing to resume; run without --resume to start training in {out}")
+    if not resume and (last_path.exists() or (out / MANIFEST).exists()):
+        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out folder")
+
+    data = prepare_data(cfg, windows_dir, ctx, device)
+    n_train, T, C = data.X_train.shape
+    steps = n_train // cfg.batch_size
+    per_rank = cfg.batch_size // ctx.world
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    overrides = {k: getattr(cfg, k) for k in ("drop", "drop_path") if getattr(cfg, k) is not None}
+    model = create_model(cfg.model, window=T, channels=C, num_classes=len(data.class_names), **overrides).to(device)
+    name, kwargs, params = model.name, model.kwargs, model.num_params()
+    # Dropout must differ between ranks; rank 0 keeps the run's seed. The shift keeps any
+    # rank's stream apart from every 32-bit seed a single-process run could use.
+    torch.manual_seed(cfg.seed + (ctx.rank << 32))
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, steps)
+    weights = torch.tensor(data.class_weights, device=device) if data.class_weights else None
+    loss_fn = make_loss(cfg, weights)
+    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    history: list[dict[str, Any]] = []
+    best = {"epoch": 0, "val_macro_f1": -1.0}
+    start, elapsed, stopped_early = 1, 0.0, False
+    run_id = make_run_id(cfg)
+    if resume:
+        ckpt = load_checkpoint(last_path)  # ArtefactError when corrupt
+        check_resumable(ckpt, cfg, device, data, last_path)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        history, best, run_id = list(ckpt["history"]), dict(ckpt["best"]), ckpt["run_id"]
+        start, elapsed, stopped_early = ckpt["epoch"] + 1, float(ckpt["train_seconds"]), bool(ckpt["stopped_early"])
+        if ctx.is_main:
+            set_rng_state(ckpt["rng"], shuffle, device)
+        else:  # only rank 0's RNG is checkpointed: other ranks get fresh, distinct dropout streams
+            torch.manual_seed(cfg.seed + (ctx.rank << 32) + ckpt["epoch"])
+            shuffle.set_state(ckpt["rng"]["shuffle"])
+        del ckpt
+
+    train_model: nn.Module = model
+    if ctx.enabled:
+        # DDP averages gradients over ranks; with equal shards and a per-sample-mean loss
+        # that is exactly the gradient of the global batch.
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+
+    label = device_label(device)
+    if ctx.is_main:
+        print(f"har_vit train: device {device.type} ({label}), {ctx.world} process(es); model {name} "
+              f"({params:,} params); {n_train} train / {data.X_val.shape[0]} val windows, {steps} steps/epoch"
+              + (f"; resuming after epoch {start - 1}" if resume else ""), file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for a run being rewritten
+        save_npz(out / "split.npz", train=data.split.train, val=data.split.val, test=data.split.test)
+
+    base = {"model_name": name, "model_kwargs": kwargs, "class_names": data.class_names, "norm": data.norm,
+            "train_config": as_dict(cfg)}
+    writer = CheckpointWriter() if ctx.is_main else None
+    stop = torch.zeros((), dtype=torch.int64, device=device)
+    epoch = start - 1
+    try:
+        # A run that stopped early before it was resumed has nothing left to train.
+        for epoch in range(start, cfg.epochs + 1) if not stopped_early else ():
+            t0 = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            perm = torch.randperm(n_train, generator=shuffle, device=device)
+            # Ranks draw the same permutation from the same seed; the broadcast turns that into a
+            # guarantee instead of an assumption about RNG streams across GPUs.
+            distributed.broadcast(perm, ctx)
+            batches = perm[:steps * cfg.batch_size].view(steps, cfg.batch_size)  # (S, B) global batches
+            batches = batches[:, ctx.rank * per_rank:(ctx.rank + 1) * per_rank]  # (S, B / world): this rank's slice
+            bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr,
+                       disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
+            loss_sum, correct = train_epoch(train_model, optimizer, scheduler, loss_fn, data.X_train, data.y_train,
+                                            batches, device, bar)
+            totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx).tolist()  # syncs
+            train_s = time.perf_counter() - t0
+            seen = steps * cfg.batch_size
+
+            if ctx.is_main:
+                row = {"epoch": epoch, "lr": lr, "train_loss": totals[0] / seen, "train_acc": totals[1] / seen,
+                       **evaluate_split(model, data.X_val, data.y_val, cfg.eval_batch_size, device)}
+                improved = row["val_macro_f1"] > best["val_macro_f1"]
+                if improved:
+                    best = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"]}
+                stopped_early = cfg.patience is not None and epoch - best["epoch"] >= cfg.patience
+                row.update(seconds=time.perf_counter() - t0, windows_per_s=seen / train_s)
+                history.append(row)
+                elapsed += row["seconds"]
+                bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}",
+                                val_f1=f"{row['val_macro_f1']:.4f}", refresh=False)
+                writer.submit(_epoch_writer(
+                    out, base, model, optimizer, scheduler, shuffle, device, epoch, row, improved, history, best,
+                    run_id, elapsed, stopped_early, data.windows_entry["sha256"]))
+                stop.fill_(int(stopped_early))
+            bar.close()
+            # Every rank must leave the loop together: rank 0 alone knows whether to stop.
+            stopped_early = bool(distributed.broadcast(stop, ctx).item())
+            if stop_after is not None and epoch >= stop_after and epoch < cfg.epochs and not stopped_early:
+                break
+    finally:
+        if writer is not None:
+            writer.close()
+
+    finished = stopped_early or epoch >= cfg.epochs
+    manifest: dict[str, Any] = {"stage": "train", "finished": False, "epochs_run": epoch, "run_id": run_id}
+    if finished and ctx.is_main:
+        manifest = _write_manifest(cfg, out, windows_dir, data, run_id, name, kwargs, params, device, label, ctx,
+                                   history, best, stopped_early, elapsed)
+    distributed.barrier(ctx)  # the other ranks return once the run folder is complete
+    if finished and not ctx.is_main:
+        manifest = read_manifest(out, "train")
+    return manifest
+
+
+def _epoch_writer(out: Path, base: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                  shuffle: torch.Generator, device: torch.device, epoch: int, row: dict[str, Any], improved: bool,
+                  history: list[dict[str, Any]], best: dict[str, Any], run_id: str, elapsed: float,
+                  stopped_early: bool, windows_sha: str) -> Callable[[], None]:
+    """Snapshot this epoch's state now; return the function that writes it (run on the writer thread)."""
+    weights = cpu_copy(model.state_dict())
+    light = {**base, "model": weights, "epoch": epoch, "val": {k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
+    full = {**light, "optimizer": cpu_copy(optimizer.state_dict()), "scheduler": cpu_copy(scheduler.state_dict()),
+            "rng": cpu_copy(rng_state(shuffle, device)), "history": [dict(h) for h in history], "best": dict(best),
+            "run_id": run_id, "device_type": device.type, "windows_sha256": windows_sha,
+            "train_seconds": elapsed, "stopped_early": stopped_early}
+
+    def write() -> None:
+        # Order matters for a kill between writes: best.pt before last.pt, so last.pt never
+        # records a best epoch whose weights best.pt does not hold yet. A resume from an
+        # older last.pt re-runs the epoch and rewrites the same files.
+        if improved:
+            save_checkpoint(out / "best.pt", light)
+        write_history(out, full["history"])
+        save_checkpoint(out / "last.pt", full)
+
+    return write
+
+
+def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, run_id: str, name: str,
+                    kwargs: dict[str, Any], params: int, device: torch.device, label: str, ctx: DistContext,
+                    history: list[dict[str, Any]], best: dict[str, Any], stopped_early: bool,
+                    elapsed: float) -> dict[str, Any]:
+    # Throughput over the training steps only (validation and checkpoints excluded): total
+    # windows over total step time, each epoch's step time being its windows / windows_per_s.
+    per_epoch = (data.X_train.shape[0] // cfg.batch_size) * cfg.batch_size
+    step_seconds = sum(per_epoch / h["windows_per_s"] for h in history)
+    seen = per_epoch * len(history)
+    fields = {
+        "config": as_dict(cfg), "run_id": run_id, "model": name, "model_kwargs": kwargs, "params": params,
+        "device": device.type, "device_name": label, **distributed.describe(ctx),
+        "split": data.split.summary(), "epochs_run": len(history), "best_epoch": best["epoch"],
+        "best_val_macro_f1": best["val_macro_f1"], "stopped_early": stopped_early,
+        "class_names": data.class_names, "norm": data.norm, "class_weights": data.class_weights,
+        "train_seconds": round(elapsed, 3), "windows_per_s": round(seen / step_seconds, 1) if step_seconds else None,
+        "inputs": {"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]},
+        "outputs": [file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
+    }
+    write_manifest(out, "train", **fields)
+    return read_manifest(out, "train")
