@@ -61,6 +61,11 @@ def opts_train(f: Callable) -> Callable:
     return click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [auto: CUDA when present].")(f)
 
 
+def opt_registry(f: Callable) -> Callable:
+    return click.option("--registry", type=click.Path(file_okay=False), default="models", show_default=True,
+                        help="Model registry folder (stored runs and the production pointer).")(f)
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn a HarVitError into one line on stderr and its exit code."""
     @functools.wraps(f)
@@ -215,8 +220,9 @@ def report(run_dir: str, reports_dir: str, run_id: str | None) -> None:
 @opts_train
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [runs/<run_id>].")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False), help="Reports folder [reports].")
+@opt_registry
 @handle_errors
-def run(**kw: Any) -> None:
+def run(registry: str, **kw: Any) -> None:
     """The whole job: find or download the data, ingest, windows, train, evaluate, report.
 
     \b
@@ -228,8 +234,41 @@ def run(**kw: Any) -> None:
     from har_vit import job
 
     yaml_layer, cli_layer = _layers(kw)
-    result = job.run(yaml_layer, cli_layer, echo=lambda s: click.echo(s, err=True))
+    result = job.run(yaml_layer, cli_layer, echo=lambda s: click.echo(s, err=True), registry=registry)
     click.echo(result.report)
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@opts_data
+@opts_windows
+@opts_train
+@click.option("--tolerance", type=float, default=0.01, show_default=True,
+              help="Promote when candidate macro F1 >= production's minus this.")
+@click.option("--reports", "reports_dir", type=click.Path(file_okay=False), help="Reports folder [reports].")
+@opt_registry
+def retrain(registry: str, tolerance: float, **kw: Any) -> None:
+    """Train a candidate and promote it only if it is not worse than production (for cron).
+
+    \b
+    Exit codes: 0 finished (promoted, kept or skipped: said on stdout and in
+    <registry>/retrain_history.jsonl), 75 another retrain holds the lock,
+    1 failure, 2 bad usage.
+    Example (cron, nightly at 03:00):
+      0 3 * * *  cd /srv/har_vit && .venv/bin/python pipeline.py retrain --dataset wisdm
+    """
+    from har_vit import retrain as stage
+
+    try:
+        yaml_layer, cli_layer = _layers(kw)
+        result = stage.run(yaml_layer, cli_layer, registry, tolerance, echo=lambda s: click.echo(s, err=True))
+    except HarVitError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(e.exit_code)
+    click.echo(f"retrain: {result.message}")
+    if result.report:
+        click.echo(f"report: {result.report}")
+    sys.exit(result.exit_code)
 
 
 @cli.command(context_settings=HELP)

@@ -21,6 +21,8 @@ class JobResult:
     model_dir: Path
     report: Path
     metrics: dict[str, Any]
+    stored: Path | None = None  # the run's folder in the model registry
+    promoted: bool = False
 
 
 def _pick(key: str, default: Any, *layers: Mapping[str, Any]) -> Any:
@@ -31,8 +33,12 @@ def _pick(key: str, default: Any, *layers: Mapping[str, Any]) -> Any:
 
 
 def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Callable[[str], None] = print,
-        run_id: str | None = None) -> JobResult:
-    """Run every stage with configs built from defaults < YAML < CLI; returns where things went."""
+        run_id: str | None = None, registry: str | Path | None = None) -> JobResult:
+    """Run every stage with configs built from defaults < YAML < CLI; returns where things went.
+
+    With ``registry``, the trained run is stored there and, when the registry has no
+    production model yet, promoted (retrain decides promotions after that).
+    """
     from har_vit import evaluate, ingest, report, train, windows
     from har_vit.datasets import resolve
 
@@ -67,4 +73,23 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Calla
          f"({me['split']['protocol']} split{', LEAKY' if me['split'].get('leaky') else ''})")
     path = report.run(out / "model", reports_dir, run_id)
     echo(f"[5/5] report: {path}")
-    return JobResult(run_id, out, out / "model", Path(path), me)
+    result = JobResult(run_id, out, out / "model", Path(path), me)
+    return _register(result, Path(registry), echo) if registry is not None else result
+
+
+def _register(result: JobResult, root: Path, echo: Callable[[str], None]) -> JobResult:
+    from dataclasses import replace
+
+    from har_vit.registry import Registry
+
+    reg = Registry(root)
+    with reg.lock():
+        stored = reg.store(result.model_dir, result.run_id, accuracy=result.metrics["accuracy"],
+                           macro_f1=result.metrics["macro_f1"], split=result.metrics.get("split"),
+                           report=str(result.report))
+        promoted = reg.production() is None
+        if promoted:
+            reg.promote(result.run_id, "first model: no production model yet")
+    echo(f"registry: stored {stored}" + ("; promoted to production (first model)" if promoted else
+                                         "; production unchanged (use 'retrain' to compare and promote)"))
+    return replace(result, stored=stored, promoted=promoted)

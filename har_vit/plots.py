@@ -46,8 +46,8 @@ def confusion_heatmap(cm: np.ndarray, class_names: Sequence[str], path: str | os
                 annot_kws={"fontsize": 9 if k <= 8 else 6}, cbar_kws={"shrink": 0.7})
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.tick_params(axis="x", labelrotation=45)
-    ax.tick_params(axis="y", labelrotation=0)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    plt.setp(ax.get_yticklabels(), rotation=0)
     ax.set_title(title or ("confusion matrix, row-normalised (recall on the diagonal)" if normalized
                            else "confusion matrix (window counts)"))
     return save_png(fig, path)

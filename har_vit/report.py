@@ -154,10 +154,11 @@ def _html_block(b: Block) -> str:
     if isinstance(b, Alert):
         return f'<div class="warn" role="alert"><strong>Warning:</strong> {html.escape(b.text)}</div>'
     if isinstance(b, Table):
-        cap = f"<caption>{html.escape(b.caption)}</caption>" if b.caption else ""
+        # The caption goes above as a paragraph: a <caption> would wrap at the table's width.
+        cap = f'<p class="tcap">{html.escape(b.caption)}</p>' if b.caption else ""
         head = "<tr>" + "".join(_html_cell(h, "th") for h in b.header) + "</tr>"
         body = "".join("<tr>" + "".join(_html_cell(c, "td") for c in row) + "</tr>" for row in b.rows)
-        return f"<table>{cap}<thead>{head}</thead><tbody>{body}</tbody></table>"
+        return f"{cap}<table><thead>{head}</thead><tbody>{body}</tbody></table>"
     data = base64.b64encode(b.png).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.name)}">'
             f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
@@ -169,7 +170,7 @@ main{max-width:1100px;margin:0 auto;padding:1.5rem 2rem 4rem}
 h1{font-size:1.7rem;border-bottom:2px solid #d0d7de;padding-bottom:.3rem}
 h2{font-size:1.3rem;margin-top:2.2rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.8rem 0 1.2rem;font-size:.92rem}
-caption{caption-side:top;text-align:left;font-style:italic;color:#57606a;padding-bottom:.3rem}
+.tcap{font-style:italic;color:#57606a;margin:.8rem 0 -.4rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left;vertical-align:top}
 th{background:#f3f5f7}
 tbody tr:nth-child(even){background:#fafbfc}
@@ -308,7 +309,7 @@ def split_section(chain: Chain) -> list[Block]:
     blocks.append(Table(("figure", "value"), [
         ("window (samples)", fmt(win.get("window"))),
         ("step (samples)", fmt(win.get("step"))),
-        ("gap that ends a bout (s)", fmt(win.get("gap_s"))),
+        ("gap that ends a bout (s)", fmt(win.get("gap_s"), 2)),
         ("windows total", fmt(win.get("windows_total"))),
         ("protocol", str(split.get("protocol", DASH))),
         ("description", str(split.get("description", DASH))),
@@ -336,7 +337,7 @@ def model_section(chain: Chain) -> list[Block]:
     ]
     blocks: list[Block] = [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
     if cfg:
-        blocks.append(Table(("option", "value"), [(str(k), fmt(v)) for k, v in cfg.items()],
+        blocks.append(Table(("option", "value"), [(str(k), str(v)) for k, v in cfg.items()],
                             caption="Training configuration (optimizer, schedule, regularisation) as resolved"))
     return blocks
 
@@ -459,7 +460,8 @@ def build_report(chain: Chain, summary: Mapping[str, Any], previous: Mapping[str
              f"report generated {summary['created']} from {chain.run_dir}."),
     ]
     if is_leaky(split):
-        blocks.append(Alert("leaky split: " + _leak_text(split)))
+        blocks.append(Alert(f"leaky split '{split.get('protocol')}': the same users are in train and test, so these "
+                            "scores are flattered (see Windows and split protocol)."))
     blocks += [Para("Not available: " + n) for n in chain.notes]
     for part in (data_section(chain), split_section(chain), model_section(chain), results_section(chain),
                  per_class_section(chain), plot_blocks(chain.eval_dir), efficiency_section(chain),

@@ -268,7 +268,11 @@ def fit_norm(X: np.ndarray) -> dict[str, list[float]]:
 
 
 def inverse_frequency(y: np.ndarray, num_classes: int) -> list[float]:
-    """``n / (K * n_c)`` per class (mean weight over training windows is 1); 0 for a class absent from train."""
+    """``n / (K * n_c)`` per class, 0 for a class absent from train.
+
+    With every class present the mean weight over the training windows is 1, so the
+    loss keeps its scale and the learning rate needs no retuning.
+    """
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
     w = np.divide(y.size, num_classes * counts, out=np.zeros_like(counts), where=counts > 0)
     return w.tolist()
@@ -540,7 +544,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
             bar.close()
             # Every rank must leave the loop together: rank 0 alone knows whether to stop.
             stopped_early = bool(distributed.broadcast(stop, ctx).item())
-            if stop_after is not None and epoch >= stop_after and epoch < cfg.epochs and not stopped_early:
+            if stopped_early or (stop_after is not None and epoch >= stop_after):
                 break
     finally:
         if writer is not None:

@@ -91,7 +91,7 @@ def run(cfg: WindowConfig, in_dir: str | Path, out_dir: str | Path) -> dict[str,
     in_windows[idx.ravel()] = True
     extra = {"bouts_total": int(starts.shape[0]), "bouts_windowed": int((lengths >= cfg.window).sum()),
              "records_in_windows": int(in_windows.sum()), "records_total": int(in_windows.shape[0])}
-    return _write(cfg, arrays, Path(out_dir), {"upstream": str(Path(in_dir).resolve()), "dataset": ing.get("dataset")},
+    return write_windows(cfg, arrays, Path(out_dir), {"upstream": str(Path(in_dir).resolve()), "dataset": ing.get("dataset")},
                   extra, t0)
 
 
@@ -121,11 +121,13 @@ def import_npz(cfg: WindowConfig, path: str | Path, out_dir: str | Path) -> dict
               "bout": stream.astype(np.int64), "start": (rank * X.shape[1]).astype(np.int64),
               "timestamp": np.full(X.shape[0], -1, np.int64), "class_names": names.astype(str)}
     cfg = WindowConfig(window=X.shape[1], step=X.shape[1], gap_s=cfg.gap_s, ts_per_s=cfg.ts_per_s)
-    return _write(cfg, arrays, Path(out_dir), {"upstream": None, "dataset": "npz", **file_entry(path)},
+    return write_windows(cfg, arrays, Path(out_dir), {"upstream": None, "dataset": "npz", **file_entry(path)},
                   {"bouts_total": int(counts.shape[0]), "prewindowed": True}, t0)
 
 
-def _write(cfg: WindowConfig, a: dict[str, np.ndarray], out: Path, inputs: dict, extra: dict, t0: float) -> dict[str, Any]:
+def write_windows(cfg: WindowConfig, a: dict[str, np.ndarray], out: Path, inputs: dict, extra: dict,
+                  t0: float) -> dict[str, Any]:
+    """Write a windows folder (npz, index, manifest last) from arrays in the contract's layout."""
     begin_stage(out)
     save_npz(out / WINDOWS, **a)
     names = [str(c) for c in a["class_names"]]

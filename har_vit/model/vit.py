@@ -184,16 +184,17 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, dict[str, int]]
     linears, convs and norms; element-wise ops (add, ReLU, GELU, softmax inside
     SDPA, padding) are skipped and listed in the returned dict with their call counts.
     """
-    from fvcore.nn import FlopCountAnalysis
-
     was_training = model.training
     model.eval()
     try:
-        fca = FlopCountAnalysis(model, x).set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         with warnings.catch_warnings():
-            # fvcore traces with torch.jit, deprecated in recent torch: not the caller's concern.
+            # fvcore scripts and traces with torch.jit, deprecated in recent torch: not
+            # the caller's concern.
             warnings.simplefilter("ignore", DeprecationWarning)
+            from fvcore.nn import FlopCountAnalysis
+
+            fca = FlopCountAnalysis(model, x).set_op_handle("aten::scaled_dot_product_attention", _sdpa_flop)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
             return int(fca.total()), dict(fca.unsupported_ops())
     finally:
         model.train(was_training)

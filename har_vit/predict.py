@@ -1,0 +1,380 @@
+"""Predict: a trained run + raw WISDM-format logs (labels optional) -> per-window predictions.
+
+The logs are cut exactly as the model's training data was: the window, step and gap
+come from the windows manifest that the run's train manifest names, and each window
+is normalised with the checkpoint's train statistics. Nothing about windowing is
+stored or guessed here; only when that windows folder is gone (a run folder copied
+to another machine, say) do we fall back to the checkpoint's window with half-window
+steps and a 1 s gap, and the summary says so.
+
+Without labels a bout is a run of consecutive records of one source file and one user
+whose timestamps increase with no step over ``gap_s``; windows never cross a bout.
+
+Outputs, beside ``out_csv`` (``preds.csv`` below), each written atomically, manifest last:
+
+- ``preds.csv``: one row per window, in input order: ``window``, ``source`` (file,
+  relative to a data folder), ``user``, ``first_timestamp``, ``last_timestamp``,
+  ``first_line`` (1-based line of the window's first record in its file), ``predicted``
+  (class name), ``confidence`` (its probability), then ``p_<class name>`` per class.
+- ``preds.quarantine.csv``: ``source, line, reason, raw`` of every quarantined record.
+- ``preds.manifest.json``: stage ``predict``, counts (``records_total == records_kept +
+  sum(records_quarantined.values())``), model run id and folder, window settings and
+  where they came from, input files with sha256, outputs with sha256.
+
+>>> summary = run(PredictConfig(), Path("runs/tiny"), Path("my_logs/"), Path("preds.csv"))  # doctest: +SKIP
+>>> summary["windows_total"], summary["records_quarantined"]                                 # doctest: +SKIP
+(5120, {'wrong number of fields': 3})
+"""
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from har_vit.checkpoint import load_model, normalise
+from har_vit.config import as_dict
+from har_vit.efficiency import device_label, resolve_device
+from har_vit.errors import ArtefactError, DataError, UsageError
+from har_vit.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
+from har_vit.parse import Parsed, parse_file
+from har_vit.windows import WindowConfig, bout_windows, find_bouts
+
+LOG_SUFFIXES = (".txt", ".txt.gz")
+FALLBACK_GAP_S = 1.0  # WindowConfig's default: what every run used unless told otherwise
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
+    batch_size: int = 512  # windows per forward pass; does not change the predictions
+    which: str = "best"  # checkpoint of the run: best | last
+
+    def __post_init__(self) -> None:
+        bad = []
+        if self.device not in ("auto", "cuda", "cpu"):
+            bad.append(f"device '{self.device}' is not one of auto, cuda, cpu")
+        if self.which not in ("best", "last"):
+            bad.append(f"which '{self.which}' is not one of best, last")
+        if self.batch_size < 1:
+            bad.append(f"batch_size must be >= 1 (got {self.batch_size})")
+        if bad:
+            raise UsageError("bad predict option: " + "; ".join(bad))
+
+
+# --- the run a model comes from (shared with har_vit.export) ----------------------------------------
+
+
+@dataclass
+class RunInfo:
+    """A trained model and what its run folder says about it."""
+
+    model: nn.Module  # eval mode, on the CPU
+    ckpt: dict[str, Any]
+    ckpt_path: Path
+    manifest: dict[str, Any] | None  # the train manifest; None when the run never finished
+    windows_dir: Path | None  # the windows folder it was trained on, None when the manifest names none
+    class_names: list[str]
+    run_id: str
+    notes: list[str] = field(default_factory=list)  # what the user should know (fallbacks)
+
+
+def load_run(model_dir: str | Path, which: str = "best") -> RunInfo:
+    """Load checkpoint ``which`` of a train run folder and read its manifest.
+
+    A folder without the checkpoint is an ArtefactError. A missing train manifest
+    (a run stopped before its end; ``best.pt`` is still a complete file) is allowed and
+    noted; a corrupt one, or a manifest of another stage, is an ArtefactError.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ArtefactError(f"{model_dir}: model folder not found; pass a train run folder (holding {which}.pt)")
+    model, ckpt = load_model(model_dir, which)
+    notes = []
+    manifest = None
+    if (model_dir / MANIFEST).is_file():
+        manifest = read_manifest(model_dir, "train")
+    else:
+        notes.append(f"{model_dir}: no train manifest (the run did not finish); using {which}.pt as it is")
+    if "norm" not in ckpt or {"mean", "std"} - set(ckpt["norm"]):
+        raise ArtefactError(f"{model_dir / (which + '.pt')}: checkpoint has no normalisation (norm.mean/std); "
+                            "retrain with 'pipeline.py train'")
+    num_classes = model.cfg.num_classes
+    names = [str(c) for c in ckpt.get("class_names") or (manifest or {}).get("class_names") or []]
+    if len(names) != num_classes:
+        raise ArtefactError(f"{model_dir / (which + '.pt')}: {len(names)} class names for a model with "
+                            f"{num_classes} outputs; retrain the run")
+    inputs = (manifest or {}).get("inputs")
+    up = inputs.get("upstream") if isinstance(inputs, Mapping) else None
+    run_id = str((manifest or {}).get("run_id") or model_dir.resolve().name)
+    return RunInfo(model, ckpt, model_dir / f"{which}.pt", manifest, Path(up) if up else None, names, run_id, notes)
+
+
+@dataclass(frozen=True)
+class WindowSettings:
+    window: int
+    step: int
+    gap_s: float
+    ts_per_s: float
+    source: str  # where they came from: the windows manifest, or "fallback: <why>"
+
+    @property
+    def max_gap(self) -> float:
+        """Largest step between two records of one bout, in timestamp units."""
+        return self.gap_s * self.ts_per_s
+
+
+def window_settings(run: RunInfo) -> WindowSettings:
+    """The window, step and gap the model was trained with (see the module docstring)."""
+    T = int(run.model.cfg.window)
+    wdir = run.windows_dir
+    if wdir is not None and wdir.exists():
+        m = read_manifest(wdir, "windows")  # present but unfinished or corrupt: an ArtefactError, not a guess
+        try:
+            window, step, gap = int(m["window"]), int(m["step"]), float(m["gap_s"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtefactError(f"{wdir / MANIFEST}: no window/step/gap_s; re-run the windows stage") from None
+        ts_per_s = float((m.get("config") or {}).get("ts_per_s", WindowConfig.ts_per_s))
+        if window != T:
+            raise ArtefactError(f"{wdir / MANIFEST}: window {window} but the model in {run.ckpt_path} takes {T} "
+                                "samples; the run's windows folder was rebuilt after training - retrain")
+        return WindowSettings(window, step, gap, ts_per_s, f"windows manifest {wdir / MANIFEST}")
+    why = (f"the run's windows folder {wdir} is gone" if wdir is not None
+           else "the run names no windows folder")
+    step = max(T // 2, 1)
+    note = (f"{why}: windowing with the checkpoint's window {T}, step {step} and gap {FALLBACK_GAP_S} s "
+            "(fallback; the model may have been trained with other step/gap settings)")
+    run.notes.append(note)
+    return WindowSettings(T, step, FALLBACK_GAP_S, WindowConfig.ts_per_s, f"fallback: {why}")
+
+
+# --- inputs ---------------------------------------------------------------------------------------
+
+
+def log_files(data_path: str | Path) -> list[Path]:
+    """The log a path names, or every ``.txt`` / ``.txt.gz`` under a folder (recursive, sorted, no hidden files)."""
+    p = Path(data_path)
+    if p.is_file():
+        return [p]
+    if not p.is_dir():
+        raise DataError(f"{p}: not found; pass a WISDM log (.txt/.txt.gz) or a folder of them")
+    files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(LOG_SUFFIXES)
+                   and not any(part.startswith(".") for part in f.relative_to(p).parts))
+    if not files:
+        raise DataError(f"{p}: no .txt or .txt.gz logs in this folder; pass a WISDM log or a folder of them")
+    return files
+
+
+@dataclass
+class Records:
+    """Kept records of every used file, concatenated in input order, and what was left out."""
+
+    user: np.ndarray
+    timestamp: np.ndarray
+    xyz: np.ndarray  # (N, 3) float32
+    line: np.ndarray
+    source: np.ndarray  # index into files
+    files: list[Path]
+    parsed: list[Parsed]
+    skipped: list[dict[str, str]]  # files of a folder that hold no WISDM records
+
+
+def read_logs(data_path: str | Path) -> Records:
+    """Parse the logs without labels. A single file that yields no record is a DataError;
+    inside a folder such a file (a readme, say) is skipped and listed instead."""
+    data_path = Path(data_path)
+    single = data_path.is_file()
+    files, parsed, skipped = [], [], []
+    for f in log_files(data_path):
+        why = None
+        if f.stat().st_size == 0:
+            why = "empty file"
+        else:
+            p = parse_file(f, labels=None)
+            if p.total == 0:
+                why = "no records (only blank lines)"
+            elif p.kept == 0:
+                line, reason, raw = p.quarantine[0]
+                why = f"all {p.total} records quarantined (line {line}: {reason}: {raw[:60]!r})"
+        if why is None:
+            files.append(f)
+            parsed.append(p)
+        elif single:
+            raise DataError(f"{f}: {why}; is this a WISDM accelerometer log (user,[activity,]timestamp,x,y,z;)?")
+        else:
+            skipped.append({"path": str(f), "reason": why})
+    if not files:
+        raise DataError(f"{data_path}: none of its {len(skipped)} .txt/.txt.gz files holds WISDM records "
+                        f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+    n = [p.kept for p in parsed]
+    return Records(
+        user=np.concatenate([p.user for p in parsed]),
+        timestamp=np.concatenate([p.timestamp for p in parsed]),
+        xyz=np.concatenate([p.xyz for p in parsed]).astype(np.float32, copy=False),
+        line=np.concatenate([p.line for p in parsed]),
+        source=np.repeat(np.arange(len(parsed), dtype=np.int64), n),
+        files=files, parsed=parsed, skipped=skipped,
+    )
+
+
+def _too_short(rec: Records, lengths: np.ndarray, starts: np.ndarray, ws: WindowSettings) -> DataError:
+    """The DataError for logs in which no bout reaches one window: names each file and its longest bout."""
+    longest = np.zeros(len(rec.files), np.int64)
+    np.maximum.at(longest, rec.source[starts], lengths)
+    per_file = "; ".join(f"{f}: longest {int(n)} records" for f, n in list(zip(rec.files, longest))[:5])
+    more = f" (and {len(rec.files) - 5} more files)" if len(rec.files) > 5 else ""
+    return DataError(f"{per_file}{more}: no window possible - the model takes windows of {ws.window} consecutive "
+                     f"records (one user, rising timestamps, gaps <= {ws.gap_s:g} s); record for longer "
+                     f"(>= {ws.window / 20:g} s at 20 Hz) or use a model trained with a smaller --window")
+
+
+# --- inference ------------------------------------------------------------------------------------
+
+
+def predict_proba(model: nn.Module, norm: Mapping[str, Any], xyz: np.ndarray, first: np.ndarray, window: int,
+                  device: torch.device, batch_size: int = 512) -> np.ndarray:
+    """Class probabilities ``(N, K)`` float32 of the windows starting at records ``first``.
+
+    Windows are gathered from ``xyz`` (records, C) one batch at a time, so memory
+    holds one batch of windows, never all of them (they overlap: N * T >> records).
+    """
+    model = model.to(device).eval()
+    offsets = np.arange(window)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, first.shape[0], batch_size):
+            idx = first[i:i + batch_size, None] + offsets  # (B, T) record indices
+            x = torch.from_numpy(xyz[idx]).to(device)  # (B, T, C)
+            logits = model(normalise(x, norm)).float()  # (B, K)
+            out.append(torch.softmax(logits, dim=1).cpu().numpy())
+    k = int(model.cfg.num_classes) if hasattr(model, "cfg") else 0
+    return np.concatenate(out) if out else np.zeros((0, k), np.float32)
+
+
+# --- the stage ------------------------------------------------------------------------------------
+
+
+def sidecar(out_csv: str | Path, kind: str) -> Path:
+    """``preds.csv`` -> ``preds.<kind>`` beside it (``quarantine.csv``, ``manifest.json``)."""
+    out_csv = Path(out_csv)
+    stem = out_csv.name[: -len(out_csv.suffix)] if out_csv.suffix else out_csv.name
+    return out_csv.with_name(f"{stem}.{kind}")
+
+
+def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_csv: str | Path) -> dict[str, Any]:
+    """Predict every window of the logs at ``data_path`` with the run in ``model_dir``.
+
+    Writes ``out_csv`` and its quarantine CSV and manifest (see the module docstring);
+    returns the manifest dict. A recording too short for one window is a DataError.
+    """
+    t0 = time.perf_counter()
+    out_csv, data_path = Path(out_csv), Path(data_path)
+    if out_csv.is_dir():
+        raise UsageError(f"{out_csv}: is a folder; pass the CSV file to write, e.g. {out_csv / 'predictions.csv'}")
+    device = resolve_device(cfg.device)  # UsageError for cuda without a GPU, before any work
+    run_info = load_run(model_dir, cfg.which)
+    ws = window_settings(run_info)
+    channels = int(run_info.model.cfg.channels)
+    if channels != 3:
+        raise UsageError(f"{run_info.ckpt_path}: the model takes {channels} channels but WISDM logs carry 3 "
+                         "accelerometer axes; use a model trained on WISDM logs")
+
+    rec = read_logs(data_path)
+    starts, lengths = find_bouts(rec.user, np.zeros_like(rec.user), rec.timestamp, rec.source, ws.max_gap)
+    first = bout_windows(starts, lengths, ws.window, ws.step)  # (N,) first record of each window
+    if first.size == 0:
+        raise _too_short(rec, lengths, starts, ws)
+
+    t_inf = time.perf_counter()
+    proba = predict_proba(run_info.model, run_info.ckpt["norm"], rec.xyz, first, ws.window, device, cfg.batch_size)
+    inf_seconds = time.perf_counter() - t_inf
+    names = run_info.class_names
+    pred = proba.argmax(axis=1)
+
+    root = data_path if data_path.is_dir() else data_path.parent
+    src_names = np.array([str(f.relative_to(root)) for f in rec.files], dtype=object)
+    last = first + ws.window - 1
+    table = pd.DataFrame({
+        "window": np.arange(first.shape[0]),
+        "source": src_names[rec.source[first]],
+        "user": rec.user[first],
+        "first_timestamp": rec.timestamp[first],
+        "last_timestamp": rec.timestamp[last],
+        "first_line": rec.line[first],
+        "predicted": np.array(names, dtype=object)[pred],
+        "confidence": proba[np.arange(pred.shape[0]), pred],
+        **{f"p_{n}": proba[:, k] for k, n in enumerate(names)},
+    })
+
+    quarantine_csv, manifest_path = sidecar(out_csv, "quarantine.csv"), sidecar(out_csv, "manifest.json")
+    # An old manifest would vouch for a half-replaced set of files if we crash below.
+    manifest_path.unlink(missing_ok=True)
+    # %.6g keeps small probabilities (1e-7 is not 0.000000) and sums to 1 within ~1e-5.
+    write_text(out_csv, table.to_csv(index=False, float_format="%.6g", lineterminator="\n"))
+    write_text(quarantine_csv, _quarantine_csv(rec))
+
+    reasons: Counter = Counter()
+    for p in rec.parsed:
+        reasons.update(p.reasons())
+    total, kept = sum(p.total for p in rec.parsed), int(rec.timestamp.shape[0])
+    assert kept + sum(reasons.values()) == total, "predict lost records"  # invariant of the parser, not user input
+    covered = _covered(first, ws.window, kept)
+    windows_per_file = np.bincount(rec.source[first], minlength=len(rec.files))
+    users, per_user = np.unique(rec.user[first], return_counts=True)
+    summary = {
+        "stage": "predict", "created": now_iso(), "versions": versions(),
+        "config": as_dict(cfg),
+        "model_dir": str(Path(model_dir)), "run_id": run_info.run_id, "model": run_info.ckpt["model_name"],
+        "checkpoint": file_entry(run_info.ckpt_path), "epoch": run_info.ckpt.get("epoch"),
+        "window": ws.window, "step": ws.step, "gap_s": ws.gap_s, "ts_per_s": ws.ts_per_s,
+        "window_settings_from": ws.source,
+        "inputs": {"upstream": str(Path(model_dir)), "data_path": str(data_path),
+                   "files": [file_entry(f) | {"records": p.total, "kept": p.kept, "windows": int(n)}
+                             for f, p, n in zip(rec.files, rec.parsed, windows_per_file)],
+                   "skipped": rec.skipped},
+        "outputs": [file_entry(out_csv), file_entry(quarantine_csv)],
+        "records_total": int(total), "records_kept": kept,
+        "records_quarantined": dict(sorted(reasons.items())),
+        "bouts_total": int(starts.shape[0]), "bouts_windowed": int((lengths >= ws.window).sum()),
+        "records_in_windows": int(covered.sum()),
+        "windows_total": int(first.shape[0]),
+        "per_predicted": {n: int(c) for n, c in zip(names, np.bincount(pred, minlength=len(names)))},
+        "per_user": {str(int(u)): int(c) for u, c in zip(users, per_user)},
+        "class_names": names,
+        "device": device.type, "device_name": device_label(device),
+        "windows_per_s": round(first.shape[0] / inf_seconds, 1) if inf_seconds > 0 else None,
+        "warnings": list(run_info.notes) + [f"skipped {s['path']}: {s['reason']}" for s in rec.skipped],
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(manifest_path, summary)
+    return summary
+
+
+def _covered(first: np.ndarray, window: int, n: int) -> np.ndarray:
+    """Boolean mask of the ``n`` records inside at least one window (difference array, O(n + N))."""
+    delta = np.zeros(n + 1, np.int64)
+    np.add.at(delta, first, 1)
+    np.add.at(delta, first + window, -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def _quarantine_csv(rec: Records) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["source", "line", "reason", "raw"])
+    for f, p in zip(rec.files, rec.parsed):
+        for line, reason, raw in p.quarantine:
+            w.writerow([str(f), line, reason, raw])
+    return buf.getvalue()
+
+
+__all__ = ["PredictConfig", "RunInfo", "WindowSettings", "load_run", "log_files", "predict_proba", "read_logs",
+           "run", "sidecar", "window_settings"]

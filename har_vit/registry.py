@@ -1,0 +1,210 @@
+"""The model registry: a folder of stored runs and a ``production`` pointer.
+
+Layout (default ``models/``)::
+
+    models/
+      production.json          which run serves; replaced atomically (rename), never edited
+      retrain_history.jsonl    one line per retrain: promoted, kept, skipped or failed
+      .lock                    flock()ed by whoever writes the registry
+      runs/<run_id>/           a stored run, self-contained:
+        best.pt  manifest.json  split.npz  history.json  history.csv  eval/
+        windows/               its TEST windows only (a valid windows folder), so the
+                               run can be evaluated and compared without the original data
+        registry.json          data and config hashes, metrics summary, stored time
+
+A stored run is written under a hidden temporary name and renamed into place, so a
+killed store leaves nothing that looks like a run. Nothing here deletes a run.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from har_vit.errors import ArtefactError, LockedError, UsageError
+from har_vit.io import (MANIFEST, file_entry, load_npz, now_iso, read_manifest, save_npz, write_json,
+                        write_manifest)
+
+PRODUCTION = "production.json"
+HISTORY = "retrain_history.jsonl"
+LOCK = ".lock"
+RUNS = "runs"
+# Files of a train run folder that a stored run keeps (last.pt is resume state: not needed).
+_KEEP = ("best.pt", "history.json", "history.csv")
+
+
+class Registry:
+    """A registry folder. ``Registry("models").production()`` -> the serving run's entry or None."""
+
+    def __init__(self, root: str | os.PathLike = "models") -> None:
+        self.root = Path(root)
+
+    # -- locking -------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the registry's exclusive lock; a second holder gets LockedError (exit 75) at once."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                raise LockedError(f"{path}: registry is locked by {holder}; another retrain is running - "
+                                  "try again later") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # closing releases the flock, also when the process is killed
+
+    # -- runs --------------------------------------------------------------------------------
+    def run_dir(self, run_id: str) -> Path:
+        return self.root / RUNS / run_id
+
+    def runs(self) -> list[str]:
+        d = self.root / RUNS
+        return sorted(p.name for p in d.iterdir() if p.is_dir() and not p.name.startswith(".")) if d.is_dir() else []
+
+    def store(self, run_dir: str | os.PathLike, run_id: str, **info: Any) -> Path:
+        """Copy a trained and evaluated run folder into ``runs/<run_id>`` (self-contained)."""
+        from har_vit.windows import load_windows
+
+        src = Path(run_dir)
+        man = read_manifest(src, "train")
+        dest = self.run_dir(run_id)
+        if dest.exists():
+            raise UsageError(f"{dest}: a run with id {run_id} is already stored; runs are never overwritten")
+        tmp = dest.parent / f".{run_id}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            for name in _KEEP:
+                if (src / name).is_file():
+                    shutil.copy2(src / name, tmp / name)
+            if (src / "eval").is_dir():
+                shutil.copytree(src / "eval", tmp / "eval")
+            # Keep only the test windows, re-indexed, so the stored run is evaluable on its own.
+            w = load_windows(man["inputs"]["upstream"])
+            test = load_npz(src / "split.npz", ("test",))["test"].astype(np.int64)
+            _store_test_windows(w, test, tmp / "windows")
+            empty = np.zeros(0, np.int64)
+            save_npz(tmp / "split.npz", train=empty, val=empty, test=np.arange(test.size, dtype=np.int64))
+            stored = dict(man)
+            stored["inputs"] = {**man.get("inputs", {}), "upstream": str(dest.resolve() / "windows"),
+                                "original_upstream": man["inputs"]["upstream"]}
+            stored["outputs"] = [file_entry(tmp / n) | {"path": n} for n in (*_KEEP, "split.npz") if (tmp / n).is_file()]
+            for k in ("stage", "created", "versions"):
+                stored.pop(k, None)
+            write_json(tmp / "registry.json", {"run_id": run_id, "stored": now_iso(), "source": str(src.resolve()),
+                                               **info})
+            write_manifest(tmp, "train", **stored)
+            _fix_eval_upstream(tmp, dest)
+            os.replace(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return dest
+
+    def entry(self, run_id: str) -> dict[str, Any]:
+        d = self.run_dir(run_id)
+        try:
+            return json.loads((d / "registry.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ArtefactError(f"{d}/registry.json: unreadable ({e}); the stored run is damaged") from None
+
+    # -- production pointer -------------------------------------------------------------------
+    def production(self) -> dict[str, Any] | None:
+        """The production pointer (``run_id``, ``promoted``, ``reason``) or None when unset."""
+        p = self.root / PRODUCTION
+        if not p.is_file():
+            return None
+        try:
+            body = json.loads(p.read_text())
+            if not (self.run_dir(body["run_id"]) / "best.pt").is_file():
+                raise KeyError("run missing")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ArtefactError(f"{p}: unreadable or points at a missing run ({e}); restore it from "
+                                f"{HISTORY} (each promotion is recorded there)") from None
+        return body
+
+    def promote(self, run_id: str, reason: str) -> dict[str, Any]:
+        """Point production at ``run_id`` with one atomic rename."""
+        if not (self.run_dir(run_id) / "best.pt").is_file():
+            raise ArtefactError(f"{self.run_dir(run_id)}: not a stored run; cannot promote it")
+        body = {"run_id": run_id, "promoted": now_iso(), "reason": reason}
+        write_json(self.root / PRODUCTION, body)
+        return body
+
+    def resolve(self, spec: str | os.PathLike) -> Path:
+        """``production``, a stored run id, or a run folder -> the run folder."""
+        spec = str(spec)
+        if spec == "production":
+            prod = self.production()
+            if prod is None:
+                raise UsageError(f"{self.root}: no production model yet; run 'pipeline.py run' or 'retrain' first, "
+                                 "or pass a run folder to --model")
+            return self.run_dir(prod["run_id"])
+        if self.run_dir(spec).is_dir():
+            return self.run_dir(spec)
+        p = Path(spec)
+        if (p / MANIFEST).is_file() or (p / "best.pt").is_file():
+            return p
+        raise UsageError(f"--model {spec}: neither 'production', a run id in {self.root / RUNS}, nor a run folder")
+
+    # -- history ----------------------------------------------------------------------------------
+    def history(self) -> list[dict[str, Any]]:
+        p = self.root / HISTORY
+        if not p.is_file():
+            return []
+        out = []
+        for line in p.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash mid-append: skip it, keep the rest
+        return out
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        """Append one JSON line (O_APPEND, fsync); a torn last line is skipped by history()."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = (json.dumps({"time": now_iso(), **record}, default=str) + "\n").encode()
+        fd = os.open(self.root / HISTORY, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _store_test_windows(w: dict[str, Any], test: np.ndarray, out: Path) -> None:
+    from har_vit.windows import WindowConfig, write_windows
+
+    m = w["manifest"]
+    arrays = {k: w[k][test] for k in ("X", "y", "subject", "bout", "start", "timestamp")}
+    arrays["class_names"] = w["class_names"]
+    cfg = WindowConfig(**{k: v for k, v in m.get("config", {}).items() if k in ("window", "step", "gap_s", "ts_per_s")})
+    write_windows(cfg, arrays, out, {"upstream": None, "test_windows_of": m.get("inputs", {}).get("upstream"),
+                              "dataset": m.get("inputs", {}).get("dataset")},
+           {"test_only": True}, time.perf_counter())
+
+
+def _fix_eval_upstream(tmp: Path, dest: Path) -> None:
+    """The copied eval manifest names the original run folder; point it at the stored one."""
+    p = tmp / "eval" / MANIFEST
+    if p.is_file():
+        body = json.loads(p.read_text())
+        body.setdefault("inputs", {})["upstream"] = str(dest.resolve())
+        write_json(p, body)

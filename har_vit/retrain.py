@@ -1,0 +1,139 @@
+"""Scheduled retraining: train a candidate, compare it with production, promote or keep.
+
+Built for cron, systemd timers and Kubernetes CronJobs: one exclusive lock per
+registry, nothing done twice for the same data and config, production never touched
+until the final atomic pointer switch, and an exit code that says what happened:
+
+====  ==========================================================================
+0     finished its job: ``promoted``, ``kept`` (candidate worse) or ``skipped``
+      (nothing new); said on stdout and in ``retrain_history.jsonl``
+75    ``EX_TEMPFAIL``: another retrain holds the registry lock; try again later
+1     failure (bad data, training error); recorded as ``failed`` in the history
+2     bad usage (unknown option value, bad config)
+====  ==========================================================================
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from har_vit.errors import HarVitError
+from har_vit.io import sha256_file
+from har_vit.registry import Registry
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    status: str  # promoted | kept | skipped | failed
+    message: str
+    run_id: str | None = None
+    report: Path | None = None
+    exit_code: int = EXIT_OK
+
+
+def data_hash(source: Any) -> str:
+    """sha256 over the input files' names and contents: changes exactly when the data does."""
+    h = hashlib.sha256()
+    files = [source.windows_npz] if source.prewindowed else list(source.files)
+    for f in sorted(Path(p) for p in files):
+        h.update(f.name.encode() + b"\0" + sha256_file(f).encode() + b"\n")
+    return h.hexdigest()
+
+
+def config_hash(configs: Mapping[str, Any]) -> str:
+    """sha256 of the resolved configs, minus fields that do not change the model (progress bars)."""
+    clean = {k: {kk: vv for kk, vv in v.items() if kk not in ("progress",)} for k, v in configs.items()}
+    return hashlib.sha256(json.dumps(clean, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "auto") -> dict[str, float]:
+    """Macro F1 of each run's best model on the same windows (all of ``windows_dir``)."""
+    from sklearn.metrics import f1_score
+
+    from har_vit.checkpoint import load_model
+    from har_vit.efficiency import resolve_device
+    from har_vit.evaluate import predict
+    from har_vit.windows import load_windows
+
+    w = load_windows(windows_dir)
+    dev = resolve_device(device)
+    labels = np.arange(len(w["class_names"]))
+    out = {}
+    for name, d in run_dirs.items():
+        model, ckpt = load_model(d)
+        pred = predict(model, ckpt["norm"], w["X"], dev, 512)
+        out[name] = float(f1_score(w["y"], pred, labels=labels[np.isin(labels, np.concatenate([w["y"], pred]))],
+                                   average="macro", zero_division=0))
+    return out
+
+
+def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: str | Path = "models",
+        tolerance: float = 0.01, echo: Callable[[str], None] = print) -> RetrainResult:
+    """One retrain under the registry lock. LockedError (exit 75) propagates to the caller."""
+    from har_vit import evaluate, ingest, job, train, windows
+    from har_vit.config import as_dict, build
+    from har_vit.datasets import resolve
+
+    reg = Registry(registry)
+    with reg.lock():
+        layers = [dict(yaml_layer), dict(cli_layer)]
+        ing_cfg = build(ingest.IngestConfig, *layers)
+        source = resolve(ing_cfg.dataset, ing_cfg.dataset_options())
+        dhash = data_hash(source)
+        prod = reg.production()
+        prod_dir = reg.run_dir(prod["run_id"]) if prod else None
+        if prod_dir is not None:
+            # Hold out production's test users so its test windows are unseen by the candidate.
+            split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
+            if split.get("protocol") in ("subject", "loso") and split.get("test_users") and not cli_layer.get("test_users"):
+                layers.append({"test_users": tuple(split["test_users"]), "split": "subject"})
+        cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, *layers)),
+                "train": as_dict(build(train.TrainConfig, *layers)), "evaluate": as_dict(build(evaluate.EvalConfig, *layers))}
+        chash = config_hash(cfgs)
+        base = {"data_hash": dhash, "config_hash": chash, "production_run_id": prod["run_id"] if prod else None,
+                "tolerance": tolerance}
+        done = [h for h in reg.history() if h.get("status") in ("promoted", "kept")]
+        if done and done[-1].get("data_hash") == dhash and done[-1].get("config_hash") == chash:
+            msg = f"skipped: data and config unchanged since the retrain of {done[-1].get('time')}; nothing to do"
+            reg.append_history({"status": "skipped", "reason": "data and config unchanged", **base})
+            return RetrainResult("skipped", msg)
+
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        run_id = f"{stamp}-retrain-{cfgs['train']['model']}"
+        try:
+            res = job.run(layers[0], {k: v for layer in layers[1:] for k, v in layer.items()}, echo=echo, run_id=run_id)
+            stored = reg.store(res.model_dir, run_id, data_hash=dhash, config_hash=chash,
+                               accuracy=res.metrics["accuracy"], macro_f1=res.metrics["macro_f1"],
+                               split=res.metrics.get("split"), report=str(res.report))
+        except HarVitError as e:
+            reg.append_history({"status": "failed", "run_id": run_id, "reason": str(e), **base})
+            raise
+        if prod_dir is None:
+            reg.promote(run_id, "first model: no production model yet")
+            msg = f"promoted {run_id}: first model in {reg.root} (test macro F1 {res.metrics['macro_f1']:.4f})"
+            reg.append_history({"status": "promoted", "run_id": run_id, "reason": "no production model",
+                                "candidate_macro_f1": res.metrics["macro_f1"], **base})
+            return RetrainResult("promoted", msg, run_id, res.report)
+
+        scores = compare_on({"candidate": stored, "production": prod_dir}, prod_dir / "windows",
+                            cfgs["evaluate"]["device"])
+        cand, cur = scores["candidate"], scores["production"]
+        record = {"run_id": run_id, "candidate_macro_f1": cand, "production_macro_f1": cur,
+                  "compared_on": f"test windows of production run {prod['run_id']}", **base}
+        if cand >= cur - tolerance:
+            reason = f"candidate macro F1 {cand:.4f} >= production {cur:.4f} - tolerance {tolerance}"
+            reg.promote(run_id, reason)
+            reg.append_history({"status": "promoted", "reason": reason, **record})
+            return RetrainResult("promoted", f"promoted {run_id}: {reason}", run_id, res.report)
+        reason = f"candidate macro F1 {cand:.4f} < production {cur:.4f} - tolerance {tolerance}"
+        reg.append_history({"status": "kept", "reason": reason, **record})
+        return RetrainResult("kept", f"kept production {prod['run_id']}: {reason}; candidate stored as {run_id}",
+                             run_id, res.report)
