@@ -55,8 +55,8 @@ class AugmentConfig:
     """
 
     jitter: float = 0.0  # std of additive Gaussian noise
-    scale: float = 0.0  # std of a per-window, per-axis gain drawn around 1 (keep small, ~0.1: a gain < 0 flips the axis)
-    rotate: float = 0.0  # max angle (degrees) of a random 3D rotation about a uniform random axis; 180 = any orientation
+    scale: float = 0.0  # std of a per-window, per-axis gain around 1 (keep it small, ~0.1: a gain < 0 flips an axis)
+    rotate: float = 0.0  # max angle (degrees) of a 3D rotation about a uniform random axis; 180 = any orientation
     time_warp: float = 0.0  # std of the log playback speed at each warp knot (0.2: speeds within ~0.67x..1.5x)
     warp_knots: int = 4  # speed knots spread evenly over the window, linearly interpolated between
     mixup: float = 0.0  # Beta(alpha, alpha) alpha of the per-window mixing share

@@ -176,7 +176,8 @@ def efficiency_rows(eff: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``{metric, value, unit, how}`` row per figure of :func:`measure`, for CSV and reports."""
     rows = [
         dict(metric="params", value=eff["params"], unit="count", how="numel summed over model.parameters()"),
-        dict(metric="trainable_params", value=eff["trainable_params"], unit="count", how="parameters with requires_grad"),
+        dict(metric="trainable_params", value=eff["trainable_params"], unit="count",
+             how="parameters with requires_grad"),
         dict(metric="flops", value=eff["flops"], unit="FLOPs per window", how=eff["flops_note"]),
         dict(metric="weights_mb", value=round(eff["weights_mb"], 4), unit="MB (10^6 bytes)",
              how="bytes of all state_dict tensors (parameters and buffers)"),
@@ -196,6 +197,7 @@ def efficiency_rows(eff: dict[str, Any]) -> list[dict[str, Any]]:
             for stat in ("median", "p90"):
                 rows.append(dict(metric=f"latency_{dev}_{key}_{stat}", value=round(stats[stat], 4), unit="ms",
                                  how=f"{stat} of per-call wall time at batch {batch}; {setting}"))
-            rows.append(dict(metric=f"throughput_{dev}_{key}", value=round(eff["throughput_windows_per_s"][dev][key], 1),
-                             unit="windows/s", how=f"batch {batch} / median latency; {setting}"))
+            throughput = eff["throughput_windows_per_s"][dev][key]
+            rows.append(dict(metric=f"throughput_{dev}_{key}", value=round(throughput, 1), unit="windows/s",
+                             how=f"batch {batch} / median latency; {setting}"))
     return rows

@@ -13,7 +13,8 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
 - ``per_class_accuracy``: class name -> fraction of that class's test windows predicted
   correctly, i.e. the class's recall. This is how the article's per-class accuracy
   reads. ``null`` for a class with no test windows (undefined, not 0).
-- ``per_class``: class name -> ``{precision, recall, f1, support}``.
+- ``per_class``: class name -> ``{precision, recall, f1, support}`` (recall ``null`` where
+  support is 0; precision and F1 of a never-predicted class are 0).
 - ``confusion``: counts, rows true and columns predicted, in ``class_names`` order
   (``confusion_normalized.csv`` holds the row-normalised matrix).
 - ``class_names``, ``n_test``, ``model``, ``run_id``, ``checkpoint`` (best/last),
@@ -49,7 +50,9 @@ from har_vit import efficiency, plots
 from har_vit.checkpoint import load_model, normalise
 from har_vit.config import as_dict
 from har_vit.errors import ArtefactError, UsageError
-from har_vit.io import MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest, write_text
+from har_vit.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
+                        write_text)
+from har_vit.windows import load_windows
 
 EVAL_DIR = "eval"
 PLOTS_DIR = "plots"
@@ -61,7 +64,7 @@ class EvalConfig:
 
     device: str = "auto"  # auto | cuda | cpu: where the test split is predicted and which latencies are timed
     which: str = "best"  # checkpoint to evaluate: best | last
-    batch_size: int = 512  # prediction batch; does not change the metrics
+    predict_batch_size: int = 512  # windows per forward when predicting; does not change the metrics
     latency_repeats: int = 100  # timed runs per (device, batch); >= 100 so that the p90 means something
     warmup: int = 10  # untimed calls before timing (allocator, caches, cuDNN autotune)
     batch_sizes: tuple[int, ...] = (1, 256)  # latency batch sizes: 1 = one window online, 256 = offline throughput
@@ -77,8 +80,8 @@ class EvalConfig:
         if self.latency_repeats < efficiency.MIN_REPEATS:
             bad.append(f"latency_repeats {self.latency_repeats} < {efficiency.MIN_REPEATS}; "
                        "use skip_latency for a quick run instead")
-        if self.warmup < 0 or self.batch_size < 1:
-            bad.append(f"warmup ({self.warmup}) must be >= 0 and batch_size ({self.batch_size}) >= 1")
+        if self.warmup < 0 or self.predict_batch_size < 1:
+            bad.append(f"warmup ({self.warmup}) must be >= 0 and predict_batch_size ({self.predict_batch_size}) >= 1")
         if not self.batch_sizes or min(self.batch_sizes) < 1:
             bad.append(f"batch_sizes {self.batch_sizes} must be positive")
         if self.threads is not None and self.threads < 1:
@@ -177,7 +180,8 @@ def _test_indices(split_path: Path, n_windows: int, n_test_manifest: int | None)
     return test
 
 
-def _class_names(ckpt: Mapping[str, Any], windows: Mapping[str, np.ndarray], ckpt_path: Path, windows_dir: Path) -> list[str]:
+def _class_names(ckpt: Mapping[str, Any], windows: Mapping[str, np.ndarray], ckpt_path: Path,
+                 windows_dir: Path) -> list[str]:
     ours = [str(c) for c in ckpt.get("class_names", [])]
     theirs = [str(c) for c in windows["class_names"]]
     if ours and ours != theirs:
@@ -231,8 +235,6 @@ def _write_plots(plot_dir: Path, metrics: dict[str, Any], run_dir: Path, train_m
 
 def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on its test split; write ``run_dir/eval/`` and return metrics.json's dict."""
-    from har_vit.windows import load_windows
-
     run_dir = Path(run_dir)
     train_man = read_manifest(run_dir, "train")
     eval_dir = run_dir / EVAL_DIR
@@ -252,7 +254,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     model, ckpt = load_model(run_dir, cfg.which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
-    y_pred = predict(model, ckpt["norm"], X_test, device, cfg.batch_size)
+    y_pred = predict(model, ckpt["norm"], X_test, device, cfg.predict_batch_size)
 
     latency_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cfg.device != "cpu" else [])
     eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,
@@ -269,7 +271,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     written += _write_plots(eval_dir / PLOTS_DIR, metrics, run_dir, train_man, windows_man)
     write_manifest(
         eval_dir, "evaluate", config=as_dict(cfg),
-        inputs={"upstream": str(run_dir), "files": [file_entry(ckpt_path), file_entry(split_path),
+        inputs={"upstream": str(run_dir.resolve()), "files": [file_entry(ckpt_path), file_entry(split_path),
                                                      file_entry(windows_dir / "windows.npz")]},
         outputs=[file_entry(p) for p in written],
         run_id=metrics["run_id"], model=metrics["model"], n_test=metrics["n_test"], device=metrics["device"],

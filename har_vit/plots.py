@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: headless, and no backend probing on import
 
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
@@ -62,9 +63,12 @@ def per_class_bars(values: Mapping[str, float | None], path: str | os.PathLike,
     y = np.arange(len(names))
     ax.barh(y, np.nan_to_num(scores), color=sns.color_palette("deep")[0])
     for yi, s in zip(y, scores):
-        ax.text(min(s, 0.97) if not math.isnan(s) else 0.01, yi, "no test windows" if math.isnan(s) else f"{s:.3f}",
-                va="center", ha="right" if not math.isnan(s) else "left", fontsize=8,
-                color="white" if not math.isnan(s) and s > 0.15 else "black")
+        if math.isnan(s):
+            ax.text(0.01, yi, "no test windows", va="center", ha="left", fontsize=8)
+        elif s > 0.15:  # the label fits inside the bar
+            ax.text(s - 0.01, yi, f"{s:.3f}", va="center", ha="right", fontsize=8, color="white")
+        else:
+            ax.text(s + 0.01, yi, f"{s:.3f}", va="center", ha="left", fontsize=8)
     ax.set_yticks(y, names)
     ax.invert_yaxis()  # first class on top, as in the tables
     ax.set_xlim(0, 1)
@@ -81,7 +85,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
     def series(key: str) -> list[float]:
         return [np.nan if h.get(key) is None else float(h[key]) for h in history]
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 4.0))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
     for ax, keys, ylabel in ((ax_loss, ("train_loss", "val_loss"), "loss"),
                              (ax_acc, ("train_acc", "val_acc", "val_macro_f1"), "accuracy / F1")):
         for key in keys:
@@ -89,6 +93,7 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLik
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -104,7 +109,8 @@ def class_distribution(windows_per_class: Mapping[str, int], path: str | os.Path
     if records_per_class:
         panels.insert(0, ("records per class (ingest)", records_per_class))
     n = max(len(counts) for _, counts in panels)
-    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), max(2.5, 0.35 * n + 1.2)), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.0 * len(panels), max(2.5, 0.35 * n + 1.2)), squeeze=False,
+                             layout="constrained")
     for ax, (title, counts) in zip(axes[0], panels):
         names = list(counts)
         ax.barh(np.arange(len(names)), [int(counts[k]) for k in names], color=sns.color_palette("deep")[1])

@@ -259,7 +259,8 @@ def load_chain(run_dir: str | os.PathLike) -> Chain:
 def dataset_name(chain: Chain) -> str:
     for man in (chain.ingest, chain.windows):
         if man:
-            name = man.get("dataset") or (man.get("config") or {}).get("dataset")
+            inputs = man.get("inputs") if isinstance(man.get("inputs"), Mapping) else {}
+            name = man.get("dataset") or inputs.get("dataset") or (man.get("config") or {}).get("dataset")
             if name:
                 return str(name)
     return DASH
@@ -430,22 +431,28 @@ def article_section(chain: Chain) -> list[Block]:
             Table(("figure", "this run", "article"), rows,
                   caption="Article figures are quoted (har_vit/article.py), not measured here; its split shares "
                           "users between train and test (leaky). Per-class rows match by class name; a dash "
-                          "means the class is not in that set. Our FLOPs count one multiply-add as one FLOP.")]
+                          "means the class is not in that set. Our FLOPs count one multiply-add as one FLOP; "
+                          "latency depends on hardware and threads (ours: see Efficiency).")]
+
+
+CHANGE_ROWS = (("accuracy", "accuracy", 4), ("macro F1", "macro_f1", 4), ("parameters", "params", 0),
+               ("latency (ms, CPU batch 1 median)", "latency_ms", 3))
 
 
 def change_section(summary: Mapping[str, Any], previous: Mapping[str, Any] | None) -> list[Block]:
+    """Deltas against the previous run (by training time) in the same reports folder."""
     blocks: list[Block] = [Heading("Change since the previous run")]
     if previous is None:
         return blocks + [Para("First run in this reports folder: nothing to compare with yet.")]
-    rows = [(name, fmt(previous.get(key), d), fmt(summary.get(key), d), fmt_delta(summary.get(key), previous.get(key), d))
-            for name, key, d in (("accuracy", "accuracy", 4), ("macro F1", "macro_f1", 4), ("parameters", "params", 0),
-                                 ("latency (ms, CPU batch 1 median)", "latency_ms", 3))]
-    blocks.append(Table(("figure", f"previous ({previous['run_id']})", f"this run ({summary['run_id']})", "change"), rows,
+    rows = [(name, fmt(previous.get(key), d), fmt(summary.get(key), d),
+             fmt_delta(summary.get(key), previous.get(key), d)) for name, key, d in CHANGE_ROWS]
+    header = ("figure", f"previous ({previous['run_id']})", f"this run ({summary['run_id']})", "change")
+    blocks.append(Table(header, rows,
                         caption=f"Previous run: {previous['run_id']}, trained {previous.get('run_created', DASH)}"))
-    differ = [k for k in ("dataset", "split", "model") if previous.get(k) != summary.get(k)]
+    differ = [f"{k} {previous.get(k)} -> {summary.get(k)}" for k in ("dataset", "split", "model")
+              if previous.get(k) != summary.get(k)]
     if differ:
-        blocks.append(Para("Not like for like: " + "; ".join(
-            f"{k} {previous.get(k)} -> {summary.get(k)}" for k in differ) + ". The change mixes these with the model's."))
+        blocks.append(Para("Not like for like: " + "; ".join(differ) + ". The change mixes these with the model's."))
     return blocks
 
 
@@ -530,7 +537,8 @@ def write_index(reports_dir: Path) -> Path:
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike = Path("reports"), run_id: str | None = None) -> Path:
+def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike = Path("reports"),
+        run_id: str | None = None) -> Path:
     """Write ``reports_dir/<run_id>/report.{md,html}`` and ``summary.json``, rebuild the index; return report.html."""
     chain = load_chain(run_dir)
     run_id = str(run_id or chain.train.get("run_id") or Path(run_dir).resolve().name)

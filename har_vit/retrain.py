@@ -88,6 +88,10 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
         ing_cfg = build(ingest.IngestConfig, *layers)
         source = resolve(ing_cfg.dataset, ing_cfg.dataset_options())
         dhash = data_hash(source)
+        # The hash covers what the user asked for; production's test users (added below) follow from it.
+        cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, *layers)),
+                "train": as_dict(build(train.TrainConfig, *layers)), "evaluate": as_dict(build(evaluate.EvalConfig, *layers))}
+        chash = config_hash(cfgs)
         prod = reg.production()
         prod_dir = reg.run_dir(prod["run_id"]) if prod else None
         if prod_dir is not None:
@@ -95,9 +99,6 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
             split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
             if split.get("protocol") in ("subject", "loso") and split.get("test_users") and not cli_layer.get("test_users"):
                 layers.append({"test_users": tuple(split["test_users"]), "split": "subject"})
-        cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, *layers)),
-                "train": as_dict(build(train.TrainConfig, *layers)), "evaluate": as_dict(build(evaluate.EvalConfig, *layers))}
-        chash = config_hash(cfgs)
         base = {"data_hash": dhash, "config_hash": chash, "production_run_id": prod["run_id"] if prod else None,
                 "tolerance": tolerance}
         done = [h for h in reg.history() if h.get("status") in ("promoted", "kept")]
@@ -126,8 +127,11 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
         scores = compare_on({"candidate": stored, "production": prod_dir}, prod_dir / "windows",
                             cfgs["evaluate"]["device"])
         cand, cur = scores["candidate"], scores["production"]
+        prod_split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
         record = {"run_id": run_id, "candidate_macro_f1": cand, "production_macro_f1": cur,
-                  "compared_on": f"test windows of production run {prod['run_id']}", **base}
+                  "compared_on": f"test windows of production run {prod['run_id']}",
+                  # Only held-out users keep production's test windows out of the candidate's training.
+                  "comparison_leaky": prod_split.get("protocol") not in ("subject", "loso"), **base}
         if cand >= cur - tolerance:
             reason = f"candidate macro F1 {cand:.4f} >= production {cur:.4f} - tolerance {tolerance}"
             reg.promote(run_id, reason)

@@ -17,6 +17,15 @@ FULL = dict(jitter=0.05, scale=0.1, rotate=45, time_warp=0.2, mixup=0.4, cutmix=
 NORM = {"mean": [0.4, 8.9, 1.2], "std": [6.1, 6.8, 3.9]}  # roughly WISDM's, in m/s^2: gravity mostly on y
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Batches here are tiny: a second intra-op thread only adds contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -124,7 +133,8 @@ def test_rodrigues_equals_matrix_exponential():
     o = torch.zeros_like(x)
     K_ = torch.stack([o, -z, y, z, o, -x, -y, x, o], 1).view(-1, 3, 3)
     torch.testing.assert_close(rodrigues(axis, angle), torch.linalg.matrix_exp(angle.view(-1, 1, 1) * K_))
-    assert torch.equal(rodrigues(axis, torch.zeros(50, dtype=torch.float64)), torch.eye(3, dtype=torch.float64).expand(50, 3, 3))
+    eye = torch.eye(3, dtype=torch.float64).expand(50, 3, 3)
+    assert torch.equal(rodrigues(axis, torch.zeros(50, dtype=torch.float64)), eye)  # exactly, not nearly
 
 
 def test_random_rotations_are_proper_and_bounded():

@@ -44,7 +44,7 @@ SCRIPT = textwrap.dedent("""
 def windows(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     rng = np.random.default_rng(0)
-    n, T = 300, 16
+    n, T = 200, 16
     y = rng.integers(0, 3, n)
     X = np.sin(2 * np.pi * (y[:, None] + 1) * np.arange(T) / T)[:, :, None] + rng.standard_normal((n, T, 3))
     np.savez(root / "input.npz", X=X.astype(np.float32), y=y, subject=rng.integers(1, 7, n),

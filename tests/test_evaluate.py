@@ -181,7 +181,7 @@ def test_eval_folder_holds_every_artefact_and_a_manifest_that_vouches_for_it(eva
     run_dir, m = evaluated
     eval_dir = run_dir / "eval"
     man = read_manifest(eval_dir, "evaluate")
-    assert man["inputs"]["upstream"] == str(run_dir)
+    assert man["inputs"]["upstream"] == str(run_dir.resolve())
     for entry in man["outputs"]:
         assert sha256_file(entry["path"]) == entry["sha256"]
     listed = {Path(e["path"]).name for e in man["outputs"]}
@@ -303,3 +303,13 @@ def test_efficiency_counts_match_the_model_and_the_article():
     assert trainable == total - sum(p.numel() for p in tiny.head.parameters())
     assert efficiency.weights_mb(tiny) == pytest.approx(
         sum(t.numel() * t.element_size() for t in tiny.state_dict().values()) / 1e6)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_latency_is_timed_with_synchronisation_and_named():
+    eff = efficiency.measure(create_model("tiny"), window=128, channels=3, devices=("cpu", "cuda"), batch_sizes=(1,))
+    cuda = eff["latency_ms"]["cuda"]
+    assert cuda["device_name"] == torch.cuda.get_device_name(0) and "threads" not in cuda
+    assert 0 < cuda["batch_1"]["median"] <= cuda["batch_1"]["p90"]
+    assert any("cuda.synchronize" in r["how"] for r in efficiency.efficiency_rows(eff))

@@ -34,6 +34,16 @@ STEP_NS = 50_000_000  # 20 Hz
 CPU = PredictConfig(device="cpu")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these models are tiny, and on a busy shared CPU torch's
+    worker threads spin-wait on each other (several times slower than one thread)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def build_run(root: Path, model_name: str = "tiny", seed: int = 0) -> Path:
     """A finished train run folder (best.pt, split.npz, manifest) over a tiny imported windows folder.
 

@@ -180,6 +180,24 @@ def test_run_id_must_be_a_plain_folder_name(reports, tmp_path):
         run(reports["runs"]["run-a"], tmp_path / "reports", run_id="../escape")
 
 
+def test_real_windows_train_evaluate_report_chain(windows_npz, tmp_path):
+    """The real upstream stages honour the contract this stage reads (pre-windowed input: no ingest)."""
+    from har_vit import train, windows
+    from har_vit.config import build
+
+    windows.import_npz(windows.WindowConfig(), windows_npz, tmp_path / "windows")
+    cfg = build(train.TrainConfig, {"model": "tiny", "epochs": 1, "batch_size": 32, "device": "cpu",
+                                    "progress": False, "threads": 1})
+    manifest = train.run(cfg, tmp_path / "windows", tmp_path / "run")
+    m = evaluate(FAST, tmp_path / "run")
+    assert m["run_id"] == manifest["run_id"] and m["n_test"] == manifest["split"]["n_test"]
+    page = run(tmp_path / "run", tmp_path / "reports")
+    md = (page.parent / "report.md").read_text(encoding="utf-8")
+    assert "No ingest stage" in md and "| protocol | subject |" in md
+    summary = json.loads((page.parent / "summary.json").read_text())
+    assert summary["dataset"] == "npz" and summary["accuracy"] == m["accuracy"]
+
+
 # --- headless Chromium ---------------------------------------------------------------
 
 def _chromium(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:

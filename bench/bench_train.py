@@ -1,0 +1,208 @@
+#!/usr/bin/env python
+"""Training throughput per variant: the on-device trainer against a plain DataLoader pipeline.
+
+Both pipelines train the same model with the same AdamW, per-step LambdaLR schedule,
+loss and autocast (``har_vit.train.train_step``); only the way a batch reaches the model
+differs:
+
+- on-device (what ``har_vit.train.run`` does, ``train_epoch``): the whole training set
+  lives on the device, one seeded on-device permutation per epoch, a batch is a gather.
+- DataLoader (the baseline): ``TensorDataset`` of CPU tensors, ``shuffle=True``,
+  ``drop_last=True``, ``num_workers=0``, each batch moved with ``.to(device)`` per step.
+
+Each pipeline runs ``--warmup`` untimed steps, then ``--steps`` timed steps (the device
+synchronised before and after); the pipelines alternate ``--repeats`` times on one model
+and the median is reported as windows/s.
+
+100 epochs over ``--windows`` training windows (WISDM at 128 x 3 gives ~17,000): on CUDA
+measured end to end with ``har_vit.train.run`` (validation and a checkpoint every epoch
+included). On CPU that would take hours, so it is EXTRAPOLATED: 100 x (steps per epoch x
+median on-device step time + one timed validation pass + one timed checkpoint write),
+and labelled so in the output. ``--run-epochs N`` measures N real epochs instead.
+
+Targets (for the H100): seed >= 50,000 windows/s; 100 epochs over 17,000 windows <= 30 s;
+on-device >= 3x the DataLoader baseline.
+
+    python bench/bench_train.py --threads 1                 # CPU here: ~3 min
+    python bench/bench_train.py --devices cuda --compile    # on a GPU machine
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine, synthetic_windows  # noqa: E402
+
+from har_vit.checkpoint import save_checkpoint  # noqa: E402
+from har_vit.efficiency import device_label, resolve_device  # noqa: E402
+from har_vit.io import write_json  # noqa: E402
+from har_vit.model import create_model, list_models  # noqa: E402
+from har_vit.train import (TrainConfig, build_optimizer, build_scheduler, cpu_copy, evaluate_split,  # noqa: E402
+                           make_loss, run, train_epoch, train_step)
+
+TARGETS = {"seed_windows_per_s": 50_000, "epochs_100_s": 30.0, "speedup_vs_dataloader": 3.0, "on": "NVIDIA H100"}
+VAL_FRAC, TEST_FRAC = 0.1, 0.2
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_variant(name: str, device: torch.device, n: int, batch: int, steps: int, warmup: int, repeats: int,
+                  compile_: bool) -> dict[str, Any]:
+    """Median windows/s of both pipelines, plus one validation pass and one checkpoint write."""
+    if (warmup + steps) * batch > n:
+        raise SystemExit(f"bench_train: {warmup + steps} steps of {batch} need {(warmup + steps) * batch} windows; "
+                         f"--windows is {n}: raise it or lower --steps")
+    gen = torch.Generator().manual_seed(0)
+    X_cpu = torch.randn(n, 128, 3, generator=gen)  # (N, T, C), already normalised
+    y_cpu = torch.randint(0, 6, (n,), generator=gen)
+    X_dev, y_dev = X_cpu.to(device), y_cpu.to(device)
+
+    torch.manual_seed(0)
+    model = create_model(name).to(device)
+    cfg = TrainConfig(model=name, epochs=100, batch_size=batch, device=device.type)
+    optimizer = build_optimizer(model, cfg, device)
+    scheduler = build_scheduler(optimizer, cfg, n // batch)
+    loss_fn = make_loss(cfg, None)
+    step_model = torch.compile(model) if compile_ else model
+    shuffle = torch.Generator(device=device).manual_seed(0)
+
+    def on_device(k: int) -> None:
+        batches = torch.randperm(n, generator=shuffle, device=device)[:k * batch].view(k, batch)  # (k, B)
+        loss_sum, _ = train_epoch(step_model, optimizer, scheduler, loss_fn, X_dev, y_dev, batches, device)
+        loss_sum.item()
+
+    loader = DataLoader(TensorDataset(X_cpu, y_cpu), batch_size=batch, shuffle=True, drop_last=True)
+
+    def dataloader(k: int) -> None:
+        step_model.train()
+        for i, (xb, yb) in enumerate(loader):
+            if i == k:
+                break
+            loss, _ = train_step(step_model, optimizer, scheduler, loss_fn, xb.to(device), yb.to(device), device)
+        loss.item()
+
+    on_device(warmup)
+    dataloader(warmup)
+    times: dict[str, list[float]] = {"on_device": [], "dataloader": []}
+    for _ in range(repeats):
+        times["on_device"].append(timed(lambda: on_device(steps), device))
+        times["dataloader"].append(timed(lambda: dataloader(steps), device))
+    wps = {k: steps * batch / statistics.median(v) for k, v in times.items()}
+
+    # Per-epoch costs besides the steps, for the 100-epoch extrapolation.
+    n_val = round(n * VAL_FRAC / (1 - VAL_FRAC - TEST_FRAC))
+    evaluate_split(model, X_dev[:n_val], y_dev[:n_val], cfg.eval_batch_size, device)  # warm
+    val_s = timed(lambda: evaluate_split(model, X_dev[:n_val], y_dev[:n_val], cfg.eval_batch_size, device), device)
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt_s = timed(lambda: save_checkpoint(Path(tmp) / "last.pt", {
+            "model": cpu_copy(model.state_dict()), "optimizer": cpu_copy(optimizer.state_dict())}), device)
+    return {
+        "model": name, "params": model.num_params(), "device": device.type, "device_name": device_label(device),
+        "batch_size": batch, "steps_timed": steps, "warmup_steps": warmup, "repeats": repeats, "compile": compile_,
+        "windows_per_s": {k: round(v, 1) for k, v in wps.items()},
+        "seconds_per_step": {k: [round(t / steps, 5) for t in v] for k, v in times.items()},
+        "speedup_vs_dataloader": round(wps["on_device"] / wps["dataloader"], 3),
+        "validation_pass_s": round(val_s, 4), "n_val": n_val, "checkpoint_write_s": round(ckpt_s, 4),
+    }
+
+
+def hundred_epochs(name: str, device: torch.device, r: dict[str, Any], n_train: int, run_epochs: int,
+                   compile_: bool, work: Path) -> dict[str, Any]:
+    """100 epochs over ``n_train`` windows: measured with run() when ``run_epochs`` > 0, else extrapolated."""
+    batch = r["batch_size"]
+    steps_per_epoch = n_train // batch
+    if run_epochs <= 0:
+        epoch_s = steps_per_epoch * batch / r["windows_per_s"]["on_device"] + r["validation_pass_s"] + r["checkpoint_write_s"]
+        return {"seconds": round(100 * epoch_s, 1), "extrapolated": True, "epochs_measured": 0,
+                "how": "100 x (steps/epoch x median on-device step time + one validation pass + one checkpoint write); "
+                       "serial sum, although run() writes checkpoints on a background thread"}
+    # Exactly n_train training windows after the random 70/10/20 split.
+    n_total = next(m for m in range(n_train, 2 * n_train + 10)
+                   if m - round(TEST_FRAC * m) - round(VAL_FRAC * m) >= n_train)
+    windows = synthetic_windows(work / f"data{n_total}", n_total)
+    cfg = TrainConfig(model=name, epochs=run_epochs, batch_size=batch, split="random", val_frac=VAL_FRAC,
+                      test_frac=TEST_FRAC, device=device.type, compile=compile_, progress=False)
+    t0 = time.perf_counter()
+    m = run(cfg, windows, work / f"run-{name}-{device.type}-{time.time_ns()}")
+    wall = time.perf_counter() - t0
+    scale = 100 / run_epochs
+    return {"seconds": round(m["train_seconds"] * scale, 1), "extrapolated": run_epochs != 100,
+            "epochs_measured": run_epochs, "n_train": m["split"]["n_train"],
+            "run_windows_per_s": m["windows_per_s"], "run_wall_s_incl_setup": round(wall, 2),
+            "how": "har_vit.train.run end to end: train_seconds (every epoch's steps, validation and checkpoint)"
+                   + ("" if run_epochs == 100 else f" over {run_epochs} epochs, x {scale:g}")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    ap.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+                    choices=["cpu", "cuda"])
+    ap.add_argument("--windows", type=int, default=17_000, help="training windows per epoch (WISDM ~17,000)")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per repeat [cpu 8, cuda 100]")
+    ap.add_argument("--warmup", type=int, default=None, help="untimed steps first [cpu 2, cuda 20]")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--run-epochs", type=int, default=None,
+                    help="epochs of a real run() for the 100-epoch figure [cuda 100, cpu 0 = extrapolate]")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model in both pipelines")
+    ap.add_argument("--out", default=None, help="JSON path [bench/results/train_<devices>.json]")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    results, epochs100 = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dev_name in a.devices:
+            device = resolve_device(dev_name)
+            cuda = device.type == "cuda"
+            steps = a.steps or (100 if cuda else 8)
+            warmup = a.warmup if a.warmup is not None else (20 if cuda else 2)
+            run_epochs = a.run_epochs if a.run_epochs is not None else (100 if cuda else 0)
+            for name in a.models:
+                r = bench_variant(name, device, a.windows, a.batch_size, steps, warmup, a.repeats, a.compile)
+                r["epochs_100"] = hundred_epochs(name, device, r, a.windows, run_epochs, a.compile, Path(tmp))
+                results.append(r)
+                w = r["windows_per_s"]
+                e = r["epochs_100"]
+                print(f"{dev_name:4s} {name:6s} {r['params']:>9,} params  on-device {w['on_device']:>10,.1f} win/s  "
+                      f"DataLoader {w['dataloader']:>10,.1f} win/s  x{r['speedup_vs_dataloader']:.2f}  "
+                      f"100 epochs x {a.windows:,}: {e['seconds']:,.1f} s"
+                      + (" (EXTRAPOLATED)" if e["extrapolated"] else " (measured)"), flush=True)
+                epochs100.append(e)
+
+    out = Path(a.out) if a.out else RESULTS / f"train_{'_'.join(a.devices)}.json"
+    body = {"benchmark": "training throughput: on-device trainer vs DataLoader baseline",
+            "machine": machine(), "windows": a.windows, "targets": TARGETS, "results": results}
+    write_json(out, body)
+    print(f"targets ({TARGETS['on']}): seed >= {TARGETS['seed_windows_per_s']:,} win/s, 100 epochs <= "
+          f"{TARGETS['epochs_100_s']:g} s, >= {TARGETS['speedup_vs_dataloader']:g}x DataLoader")
+    print(f"machine: {body['machine']['cpu']}, {body['machine']['cores']} cores, {body['machine']['torch_threads']} "
+          f"torch threads, GPU {body['machine']['gpu']}, torch {body['machine']['torch']}, "
+          f"load {body['machine']['load_average_1m']}")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

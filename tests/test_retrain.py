@@ -1,0 +1,118 @@
+"""retrain for cron: promote, keep, skip, refuse while locked; production survives a kill."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import pipeline
+from har_vit.registry import Registry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def job(tmp_path, windows_npz):
+    """CLI args and a YAML config for a tiny, fast job on synthetic windows."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("model: tiny\nepochs: 1\nbatch_size: 32\nprogress: false\nskip_latency: true\n"
+                   "warmup_epochs: 0\n")
+    args = ["--dataset", "npz", "--data-path", str(windows_npz), "--config", str(cfg),
+            "--registry", str(tmp_path / "models"), "--reports", str(tmp_path / "reports")]
+    return args, tmp_path
+
+
+def _retrain(args, *extra):
+    r = CliRunner().invoke(pipeline.cli, ["retrain", *args, *extra])
+    return r.exit_code, r.output
+
+
+def test_promote_skip_keep_promote(job):
+    args, tmp = job
+    reg = Registry(tmp / "models")
+    code, out = _retrain(args)
+    assert code == 0 and "promoted" in out, out
+    first = reg.production()["run_id"]
+    assert (reg.run_dir(first) / "best.pt").is_file() and (reg.run_dir(first) / "windows" / "manifest.json").is_file()
+
+    code, out = _retrain(args)
+    assert code == 0 and "skipped" in out and reg.production()["run_id"] == first
+
+    # A changed config trains again; a demanding tolerance keeps production.
+    code, out = _retrain(args, "--seed", "1", "--tolerance", "-1.0")
+    assert code == 0 and "kept production" in out, out
+    assert reg.production()["run_id"] == first
+
+    code, out = _retrain(args, "--seed", "2", "--tolerance", "1.0")
+    assert code == 0 and "promoted" in out
+    assert reg.production()["run_id"] != first
+    assert (reg.run_dir(first) / "best.pt").is_file()  # never deleted
+    statuses = [h["status"] for h in reg.history()]
+    assert statuses == ["promoted", "skipped", "kept", "promoted"]
+    kept = reg.history()[2]
+    assert kept["production_run_id"] == first and "compared_on" in kept
+    assert (tmp / "reports" / "index.html").is_file()
+
+
+def test_refuses_while_another_holds_the_lock(job):
+    args, tmp = job
+    (tmp / "models").mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; sys.path.insert(0, %r)\n"
+        "from har_vit.registry import Registry\n"
+        "with Registry(%r).lock():\n"
+        "    print('locked', flush=True); time.sleep(60)\n") % (str(ROOT), str(tmp / "models"))],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        t0 = time.perf_counter()
+        code, out = _retrain(args)
+        assert code == 75 and "locked by pid" in out
+        assert time.perf_counter() - t0 < 10  # at once, not after waiting
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (tmp / "models" / "production.json").exists()
+
+
+def test_killed_retrain_leaves_production_untouched(job):
+    args, tmp = job
+    code, _ = _retrain(args)
+    assert code == 0
+    prod = (tmp / "models" / "production.json").read_bytes()
+    cfg = tmp / "slow.yaml"
+    cfg.write_text("model: tiny\nepochs: 200\nbatch_size: 8\nprogress: false\nskip_latency: true\n")
+    a = [x if x != str(tmp / "tiny.yaml") else str(cfg) for x in args]
+    p = subprocess.Popen([sys.executable, str(ROOT / "pipeline.py"), "retrain", *a, "--seed", "5"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp / "runs").glob("*retrain*/model/last.pt")):
+            time.sleep(0.2)
+        assert list((tmp / "runs").glob("*retrain*/model/last.pt")), "training never started"
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert (tmp / "models" / "production.json").read_bytes() == prod
+    reg = Registry(tmp / "models")
+    assert len(reg.runs()) == 1  # the killed candidate was never stored
+    code, out = _retrain(args, "--seed", "6", "--tolerance", "1.0")  # the lock died with the process
+    assert code == 0 and "promoted" in out
+
+
+def test_run_registers_and_predict_resolves_production(job):
+    args, tmp = job
+    r = CliRunner().invoke(pipeline.cli, ["run", *args, "--out", str(tmp / "r")])
+    assert r.exit_code == 0, r.output
+    assert r.output.strip().splitlines()[-1].endswith("report.html")
+    reg = Registry(tmp / "models")
+    assert reg.resolve("production") == reg.run_dir(reg.production()["run_id"])
+    config = json.loads((tmp / "r" / "config.json").read_text())
+    assert config["train"]["model"] == "tiny" and config["train"]["epochs"] == 1
