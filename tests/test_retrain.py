@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
-def job(tmp_path, windows_npz):
-    """CLI args and a YAML config for a tiny, fast job on synthetic windows."""
+def job(tmp_path, windows_npz, monkeypatch):
+    """CLI args and a YAML config for a tiny, fast job on synthetic windows (cwd: tmp_path)."""
+    monkeypatch.chdir(tmp_path)  # run folders default to ./runs/<run_id>
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text("model: tiny\nepochs: 1\nbatch_size: 32\nprogress: false\nskip_latency: true\n"
                    "warmup_epochs: 0\n")
