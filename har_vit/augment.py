@@ -8,7 +8,7 @@ the order they run, and why that order:
    axis, then a 3D rotation), applied in sensor units when the normalisation
    statistics are given. Per-channel standardisation stretches each axis by a
    different amount, so a rotation of normalised values would not be a rotation of
-   the acceleration vector (nor keep its length). Both fold into one ``baddbmm``.
+   the acceleration vector (nor keep its length). Both fold into one batched matmul.
 2. ``time_warp``: a smooth, strictly increasing resampling of the time axis with
    fixed endpoints (the same activity done a little faster here, slower there).
 3. ``jitter``: white Gaussian noise, after the warp so that it stays white.
@@ -165,8 +165,8 @@ class Augmenter:
                 R = _keep(random_rotations(B, cfg.rotate, gen, dev, wide), self._pick(B, gen, dev), 0.0,
                           torch.eye(AXES, dtype=wide, device=dev))  # (B, 3, 3)
                 G = C // AXES
-                # One rotation per window, repeated on the diagonal for every 3-axis group.
-                R = torch.einsum("gh,bij->bgihj", torch.eye(G, dtype=wide, device=dev), R).reshape(B, C, C)
+                if G > 1:  # one rotation per window, repeated on the diagonal for every 3-axis group
+                    R = torch.einsum("gh,bij->bgihj", torch.eye(G, dtype=wide, device=dev), R).reshape(B, C, C)
                 A = R @ A  # gain in the sensor frame first, then turn the sensor
             x = self._linear(x, A)
 

@@ -271,6 +271,8 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
     """
     t0 = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir}: is a file; pass the folder to export into")
     info = load_run(model_dir, cfg.which)
     module = RawInputModel(info.model, info.ckpt["norm"]).eval()
     T, C, K = (int(getattr(info.model.cfg, k)) for k in ("window", "channels", "num_classes"))

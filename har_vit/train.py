@@ -35,7 +35,7 @@ import secrets
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager
@@ -415,6 +415,28 @@ def make_run_id(cfg: TrainConfig) -> str:
 # --- the stage -------------------------------------------------------------------------------------
 
 
+@dataclass
+class RunState:
+    """Where a run stands after its last finished epoch; saved in ``last.pt``, restored on resume."""
+
+    run_id: str
+    epoch: int = 0  # last finished epoch, 1-based (0: none yet)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": 0, "val_macro_f1": -1.0})
+    train_seconds: float = 0.0
+    stopped_early: bool = False
+
+    def to_ckpt(self) -> dict[str, Any]:
+        """A copy for a checkpoint (the live lists keep growing while the writer thread saves)."""
+        return {"run_id": self.run_id, "epoch": self.epoch, "history": [dict(h) for h in self.history],
+                "best": dict(self.best), "train_seconds": self.train_seconds, "stopped_early": self.stopped_early}
+
+    @classmethod
+    def from_ckpt(cls, ckpt: dict[str, Any]) -> RunState:
+        return cls(ckpt["run_id"], int(ckpt["epoch"]), list(ckpt["history"]), dict(ckpt["best"]),
+                   float(ckpt["train_seconds"]), bool(ckpt["stopped_early"]))
+
+
 def run(cfg: TrainConfig, windows_dir: str | Path, out_dir: str | Path, resume: bool = False, *,
         stop_after: int | None = None) -> dict[str, Any]:
     """Train ``cfg.model`` on the windows in ``windows_dir``; write the run folder ``out_dir``.
@@ -422,7 +444,8 @@ def run(cfg: TrainConfig, windows_dir: str | Path, out_dir: str | Path, resume: 
     Returns the manifest. ``resume=True`` continues from ``out_dir/last.pt`` with the same
     options. ``stop_after=k`` ends this call after epoch k's checkpoint, as a kill would
     (no manifest: the run is unfinished), and returns ``{"finished": False, ...}``; continue
-    it with ``resume=True``. Under torchrun every rank calls this; rank 0 writes.
+    it with ``resume=True``. Under torchrun every rank calls this; rank 0 writes the folder
+    and every rank returns its manifest.
     """
     ctx = distributed.from_env()
     device = resolve_device(cfg.device)  # UsageError for cuda without a GPU
@@ -440,8 +463,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         torch.set_num_threads(cfg.threads)
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
-
-    last_path, best_path = out / "last.pt", out / "best.pt"
+    last_path = out / "last.pt"
     if resume and not last_path.is_file():
         raise UsageError(f"{last_path}: nothing to resume; run without --resume to start training in {out}")
     if not resume and (last_path.exists() or (out / MANIFEST).exists()):
@@ -449,38 +471,31 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
 
     data = prepare_data(cfg, windows_dir, ctx, device)
     n_train, T, C = data.X_train.shape
-    steps = n_train // cfg.batch_size
-    per_rank = cfg.batch_size // ctx.world
+    steps = n_train // cfg.batch_size  # the last partial batch is dropped (see the module docstring)
 
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and every run
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every run
     overrides = {k: getattr(cfg, k) for k in ("drop", "drop_path") if getattr(cfg, k) is not None}
     model = create_model(cfg.model, window=T, channels=C, num_classes=len(data.class_names), **overrides).to(device)
-    name, kwargs, params = model.name, model.kwargs, model.num_params()
     # Dropout must differ between ranks; rank 0 keeps the run's seed. The shift keeps any
     # rank's stream apart from every 32-bit seed a single-process run could use.
     torch.manual_seed(cfg.seed + (ctx.rank << 32))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    weights = torch.tensor(data.class_weights, device=device) if data.class_weights else None
-    loss_fn = make_loss(cfg, weights)
+    loss_fn = make_loss(cfg, torch.tensor(data.class_weights, device=device) if data.class_weights else None)
     shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
 
-    history: list[dict[str, Any]] = []
-    best = {"epoch": 0, "val_macro_f1": -1.0}
-    start, elapsed, stopped_early = 1, 0.0, False
-    run_id = make_run_id(cfg)
+    state = RunState(make_run_id(cfg))
     if resume:
         ckpt = load_checkpoint(last_path)  # ArtefactError when corrupt
         check_resumable(ckpt, cfg, device, data, last_path)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        history, best, run_id = list(ckpt["history"]), dict(ckpt["best"]), ckpt["run_id"]
-        start, elapsed, stopped_early = ckpt["epoch"] + 1, float(ckpt["train_seconds"]), bool(ckpt["stopped_early"])
+        state = RunState.from_ckpt(ckpt)
         if ctx.is_main:
             set_rng_state(ckpt["rng"], shuffle, device)
-        else:  # only rank 0's RNG is checkpointed: other ranks get fresh, distinct dropout streams
-            torch.manual_seed(cfg.seed + (ctx.rank << 32) + ckpt["epoch"])
+        else:  # only rank 0's RNGs are saved: other ranks get fresh, distinct dropout streams
+            torch.manual_seed(cfg.seed + (ctx.rank << 32) + state.epoch)
             shuffle.set_state(ckpt["rng"]["shuffle"])
         del ckpt
 
@@ -492,86 +507,83 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     if cfg.compile:
         train_model = torch.compile(train_model)
 
-    label = device_label(device)
     if ctx.is_main:
-        print(f"har_vit train: device {device.type} ({label}), {ctx.world} process(es); model {name} "
-              f"({params:,} params); {n_train} train / {data.X_val.shape[0]} val windows, {steps} steps/epoch"
-              + (f"; resuming after epoch {start - 1}" if resume else ""), file=sys.stderr)
+        print(f"har_vit train: device {device.type} ({device_label(device)}), {ctx.world} process(es); model "
+              f"{cfg.model} ({model.num_params():,} params); {n_train} train / {data.X_val.shape[0]} val windows, "
+              f"{steps} steps/epoch" + (f"; resuming after epoch {state.epoch}" if resume else ""), file=sys.stderr)
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for a run being rewritten
         save_npz(out / "split.npz", train=data.split.train, val=data.split.val, test=data.split.test)
 
-    base = {"model_name": name, "model_kwargs": kwargs, "class_names": data.class_names, "norm": data.norm,
-            "train_config": as_dict(cfg)}
+    fixed = {"model_name": model.name, "model_kwargs": model.kwargs, "class_names": data.class_names,
+             "norm": data.norm, "train_config": as_dict(cfg), "device_type": device.type,
+             "windows_sha256": data.windows_entry["sha256"]}
     writer = CheckpointWriter() if ctx.is_main else None
     stop = torch.zeros((), dtype=torch.int64, device=device)
-    epoch = start - 1
     try:
-        # A run that stopped early before it was resumed has nothing left to train.
-        for epoch in range(start, cfg.epochs + 1) if not stopped_early else ():
-            t0 = time.perf_counter()
+        while (state.epoch < cfg.epochs and not state.stopped_early
+               and (stop_after is None or state.epoch < stop_after)):
+            epoch, t0 = state.epoch + 1, time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
-            perm = torch.randperm(n_train, generator=shuffle, device=device)
-            # Ranks draw the same permutation from the same seed; the broadcast turns that into a
-            # guarantee instead of an assumption about RNG streams across GPUs.
-            distributed.broadcast(perm, ctx)
-            batches = perm[:steps * cfg.batch_size].view(steps, cfg.batch_size)  # (S, B) global batches
-            batches = batches[:, ctx.rank * per_rank:(ctx.rank + 1) * per_rank]  # (S, B / world): this rank's slice
+            batches = epoch_batches(n_train, cfg.batch_size, shuffle, device, ctx)
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr,
                        disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
             loss_sum, correct = train_epoch(train_model, optimizer, scheduler, loss_fn, data.X_train, data.y_train,
                                             batches, device, bar)
             totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx).tolist()  # syncs
-            train_s = time.perf_counter() - t0
-            seen = steps * cfg.batch_size
-
+            train_s, seen = time.perf_counter() - t0, steps * cfg.batch_size
+            state.epoch = epoch
             if ctx.is_main:
                 row = {"epoch": epoch, "lr": lr, "train_loss": totals[0] / seen, "train_acc": totals[1] / seen,
                        **evaluate_split(model, data.X_val, data.y_val, cfg.eval_batch_size, device)}
-                improved = row["val_macro_f1"] > best["val_macro_f1"]
+                improved = row["val_macro_f1"] > state.best["val_macro_f1"]
                 if improved:
-                    best = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"]}
-                stopped_early = cfg.patience is not None and epoch - best["epoch"] >= cfg.patience
+                    state.best = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"]}
+                state.stopped_early = cfg.patience is not None and epoch - state.best["epoch"] >= cfg.patience
                 row.update(seconds=time.perf_counter() - t0, windows_per_s=seen / train_s)
-                history.append(row)
-                elapsed += row["seconds"]
+                state.history.append(row)
+                state.train_seconds += row["seconds"]
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}",
                                 val_f1=f"{row['val_macro_f1']:.4f}", refresh=False)
-                writer.submit(_epoch_writer(
-                    out, base, model, optimizer, scheduler, shuffle, device, epoch, row, improved, history, best,
-                    run_id, elapsed, stopped_early, data.windows_entry["sha256"]))
-                stop.fill_(int(stopped_early))
+                writer.submit(epoch_files(out, fixed, model, optimizer, scheduler, shuffle, device, state, improved))
+                stop.fill_(int(state.stopped_early))
             bar.close()
-            # Every rank must leave the loop together: rank 0 alone knows whether to stop.
-            stopped_early = bool(distributed.broadcast(stop, ctx).item())
-            if stopped_early or (stop_after is not None and epoch >= stop_after):
-                break
+            # Every rank must leave the loop together, and rank 0 alone knows whether to stop.
+            state.stopped_early = bool(distributed.broadcast(stop, ctx).item())
     finally:
         if writer is not None:
-            writer.close()
+            writer.close()  # the last epoch's files are on disk before the manifest vouches for them
 
-    finished = stopped_early or epoch >= cfg.epochs
-    manifest: dict[str, Any] = {"stage": "train", "finished": False, "epochs_run": epoch, "run_id": run_id}
-    if finished and ctx.is_main:
-        manifest = _write_manifest(cfg, out, windows_dir, data, run_id, name, kwargs, params, device, label, ctx,
-                                   history, best, stopped_early, elapsed)
+    if not (state.stopped_early or state.epoch >= cfg.epochs):
+        return {"stage": "train", "finished": False, "epochs_run": state.epoch, "run_id": state.run_id}
+    if ctx.is_main:
+        _write_manifest(cfg, out, windows_dir, data, model, device, ctx, state)
     distributed.barrier(ctx)  # the other ranks return once the run folder is complete
-    if finished and not ctx.is_main:
-        manifest = read_manifest(out, "train")
-    return manifest
+    return read_manifest(out, "train")
 
 
-def _epoch_writer(out: Path, base: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  shuffle: torch.Generator, device: torch.device, epoch: int, row: dict[str, Any], improved: bool,
-                  history: list[dict[str, Any]], best: dict[str, Any], run_id: str, elapsed: float,
-                  stopped_early: bool, windows_sha: str) -> Callable[[], None]:
-    """Snapshot this epoch's state now; return the function that writes it (run on the writer thread)."""
-    weights = cpu_copy(model.state_dict())
-    light = {**base, "model": weights, "epoch": epoch, "val": {k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
-    full = {**light, "optimizer": cpu_copy(optimizer.state_dict()), "scheduler": cpu_copy(scheduler.state_dict()),
-            "rng": cpu_copy(rng_state(shuffle, device)), "history": [dict(h) for h in history], "best": dict(best),
-            "run_id": run_id, "device_type": device.type, "windows_sha256": windows_sha,
-            "train_seconds": elapsed, "stopped_early": stopped_early}
+def epoch_batches(n: int, batch: int, shuffle: torch.Generator, device: torch.device, ctx: DistContext) -> torch.Tensor:
+    """This rank's index batches ``(steps, batch // world)`` for one epoch over ``n`` windows.
+
+    One permutation of all windows per epoch, cut into global batches; rank r takes the
+    r-th slice of every global batch, so the ranks together see each global batch once.
+    """
+    perm = torch.randperm(n, generator=shuffle, device=device)
+    # Ranks draw the same permutation from the same seed; the broadcast makes that a guarantee
+    # rather than an assumption about RNG streams on different GPUs.
+    distributed.broadcast(perm, ctx)
+    steps, per_rank = n // batch, batch // ctx.world
+    batches = perm[:steps * batch].view(steps, batch)  # (S, B) global batches
+    return batches[:, ctx.rank * per_rank:(ctx.rank + 1) * per_rank]  # (S, B / world)
+
+
+def epoch_files(out: Path, fixed: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                shuffle: torch.Generator, device: torch.device, state: RunState, improved: bool) -> Callable[[], None]:
+    """Snapshot the epoch's state now; return the function that writes its files (on the writer thread)."""
+    light = {**fixed, "model": cpu_copy(model.state_dict()), "epoch": state.epoch,
+             "val": {k: state.history[-1][k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
+    full = {**light, **state.to_ckpt(), "optimizer": cpu_copy(optimizer.state_dict()),
+            "scheduler": cpu_copy(scheduler.state_dict()), "rng": cpu_copy(rng_state(shuffle, device))}
 
     def write() -> None:
         # Order matters for a kill between writes: best.pt before last.pt, so last.pt never
@@ -585,24 +597,20 @@ def _epoch_writer(out: Path, base: dict[str, Any], model: nn.Module, optimizer: 
     return write
 
 
-def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, run_id: str, name: str,
-                    kwargs: dict[str, Any], params: int, device: torch.device, label: str, ctx: DistContext,
-                    history: list[dict[str, Any]], best: dict[str, Any], stopped_early: bool,
-                    elapsed: float) -> dict[str, Any]:
-    # Throughput over the training steps only (validation and checkpoints excluded): total
-    # windows over total step time, each epoch's step time being its windows / windows_per_s.
+def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, model: nn.Module,
+                    device: torch.device, ctx: DistContext, state: RunState) -> None:
+    # Throughput over the training steps only (validation and checkpoints excluded): all
+    # windows over all step time, an epoch's step time being its windows / windows_per_s.
     per_epoch = (data.X_train.shape[0] // cfg.batch_size) * cfg.batch_size
-    step_seconds = sum(per_epoch / h["windows_per_s"] for h in history)
-    seen = per_epoch * len(history)
-    fields = {
-        "config": as_dict(cfg), "run_id": run_id, "model": name, "model_kwargs": kwargs, "params": params,
-        "device": device.type, "device_name": label, **distributed.describe(ctx),
-        "split": data.split.summary(), "epochs_run": len(history), "best_epoch": best["epoch"],
-        "best_val_macro_f1": best["val_macro_f1"], "stopped_early": stopped_early,
-        "class_names": data.class_names, "norm": data.norm, "class_weights": data.class_weights,
-        "train_seconds": round(elapsed, 3), "windows_per_s": round(seen / step_seconds, 1) if step_seconds else None,
-        "inputs": {"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]},
-        "outputs": [file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
-    }
-    write_manifest(out, "train", **fields)
-    return read_manifest(out, "train")
+    step_seconds = sum(per_epoch / h["windows_per_s"] for h in state.history)
+    write_manifest(
+        out, "train", config=as_dict(cfg), run_id=state.run_id, model=model.name, model_kwargs=model.kwargs,
+        params=model.num_params(), device=device.type, device_name=device_label(device), **distributed.describe(ctx),
+        split=data.split.summary(), epochs_run=state.epoch, best_epoch=state.best["epoch"],
+        best_val_macro_f1=state.best["val_macro_f1"], stopped_early=state.stopped_early,
+        class_names=data.class_names, norm=data.norm, class_weights=data.class_weights,
+        train_seconds=round(state.train_seconds, 3),
+        windows_per_s=round(per_epoch * len(state.history) / step_seconds, 1) if step_seconds else None,
+        inputs={"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]},
+        outputs=[file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
+    )

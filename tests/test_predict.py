@@ -8,6 +8,7 @@ folder via ``import_npz``, a checkpoint from ``create_model``, a train manifest 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import math
 import shutil
@@ -22,7 +23,7 @@ from torch import nn
 
 from har_vit.checkpoint import normalise, save_checkpoint
 from har_vit.errors import ArtefactError, DataError, UsageError
-from har_vit.io import save_npz, sha256_file, write_manifest
+from har_vit.io import save_npz, sha256_file, write_json, write_manifest
 from har_vit.model import create_model
 from har_vit.predict import PredictConfig, run, sidecar
 from har_vit.windows import WindowConfig, import_npz
@@ -90,8 +91,9 @@ def run_dir(tmp_path_factory) -> Path:
     return build_run(tmp_path_factory.mktemp("predict"))
 
 
-def _bout(user: int, n: int, t0: int, label: str | None = None) -> tuple[list[str], list[tuple[int, int, float, float, float]]]:
-    """``n`` records of one user, 20 Hz from ``t0``, as WISDM lines; with or without an activity column."""
+def _bout(user: int, n: int, t0: int, label: str | None = None) -> tuple[list[str], list[tuple]]:
+    """``n`` records ``(user, timestamp, x, y, z)`` of one user at 20 Hz from ``t0`` and their WISDM
+    lines, with or without an activity column."""
     rng = np.random.default_rng(user * 1000 + n)
     recs = [(user, t0 + i * STEP_NS, *np.round(rng.normal([0.5, 9.8, -1.0], 2.0), 4).tolist()) for i in range(n)]
     mid = f"{label}," if label else ""
@@ -220,7 +222,8 @@ def test_fallback_without_windows_folder_and_folder_input(tmp_path):
     (data / "day2").mkdir(parents=True)
     exp1 = make_unlabelled_log(data / "a.txt")
     text, recs = _bout(9, 50, 10**12)
-    (data / "day2" / "b.txt").write_text("\n".join(text) + "\n")
+    with gzip.open(data / "day2" / "b.txt.gz", "wt") as fh:  # gzipped logs are read too
+        fh.write("\n".join(text) + "\n")
     (data / "readme.txt").write_text("This folder holds phone logs.\nRecorded in 2024.\n")
 
     summary = run(CPU, run_dir, data, tmp_path / "preds.csv")
@@ -232,7 +235,7 @@ def test_fallback_without_windows_folder_and_folder_input(tmp_path):
     lengths = [len(b) for b in exp1["bouts"][:4]] + [200, 95] + [50]
     df = pd.read_csv(tmp_path / "preds.csv")
     assert len(df) == n_windows(lengths, T, T // 2)
-    assert Counter(df["source"]) == {"a.txt": n_windows(lengths[:-1], T, T // 2), "day2/b.txt": 2}
+    assert Counter(df["source"]) == {"a.txt": n_windows(lengths[:-1], T, T // 2), "day2/b.txt.gz": 2}
     # The readme is not a log: skipped and listed, not an error and not counted.
     assert [Path(s["path"]).name for s in summary["inputs"]["skipped"]] == ["readme.txt"]
     assert summary["records_total"] == exp1["kept"] + sum(exp1["quarantined"].values()) + 50
@@ -262,3 +265,13 @@ def test_bad_inputs_are_clear_errors(run_dir, tmp_path):
         PredictConfig(batch_size=0)
     with pytest.raises(UsageError, match="is a folder"):
         run(CPU, run_dir, log, tmp_path)
+
+
+def test_windows_folder_rebuilt_with_another_window_is_refused(tmp_path):
+    run_dir = build_run(tmp_path)
+    m = json.loads((tmp_path / "windows" / "manifest.json").read_text())
+    write_json(tmp_path / "windows" / "manifest.json", {**m, "window": 2 * T})
+    log = tmp_path / "phone.txt"
+    make_unlabelled_log(log)
+    with pytest.raises(ArtefactError, match=f"window {2 * T} but the model .* takes {T}"):
+        run(CPU, run_dir, log, tmp_path / "p.csv")
