@@ -272,6 +272,64 @@ def retrain(registry: str, tolerance: float, **kw: Any) -> None:
 
 
 @cli.command(context_settings=HELP)
+@opt_config
+@click.option("--model", "model", type=str, default="production", show_default=True,
+              help="'production', a stored run id, or a run folder.")
+@opt_registry
+@click.option("--data-path", type=click.Path(), required=True, help="WISDM-format log (.txt/.txt.gz) or a folder of them.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="CSV of predicted windows.")
+@click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to run the model [auto].")
+@click.option("--batch-size", type=int, help="Windows per forward pass [512].")
+@handle_errors
+def predict(model: str, registry: str, data_path: str, out: str, **kw: Any) -> None:
+    """Predict the activity of every window of new logs (the activity column may be absent).
+
+    \b
+    Example:
+      python pipeline.py predict --model production --data-path new_log.txt --out predictions.csv
+    """
+    from har_vit import predict as stage
+    from har_vit.config import build
+    from har_vit.registry import Registry
+
+    cfg = build(stage.PredictConfig, *_layers(kw))
+    m = stage.run(cfg, Registry(registry).resolve(model), data_path, out)
+    for w in m.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    q = sum(m["records_quarantined"].values())
+    click.echo(f"predict: {m['windows_total']:,} windows from {m['records_kept']:,} of {m['records_total']:,} records "
+               f"({q:,} quarantined) -> {out}")
+
+
+@cli.command(context_settings=HELP)
+@opt_config
+@click.option("--model", "model", type=str, default="production", show_default=True,
+              help="'production', a stored run id, or a run folder.")
+@opt_registry
+@click.option("--format", "format", type=click.Choice(["torchscript", "onnx"]), help="Export format [onnx].")
+@click.option("--tolerance", type=float, help="Largest allowed |logit difference| against PyTorch [1e-4].")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Folder for the exported model.")
+@handle_errors
+def export(model: str, registry: str, out: str, **kw: Any) -> None:
+    """Export a model (normalisation built in) and check its logits against PyTorch.
+
+    \b
+    Example:
+      python pipeline.py export --model production --format onnx --out exported/
+    """
+    from har_vit import export as stage
+    from har_vit.config import build
+    from har_vit.registry import Registry
+
+    cfg = build(stage.ExportConfig, *_layers(kw))
+    m = stage.run(cfg, Registry(registry).resolve(model), out)
+    for w in m.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"export: {cfg.format}, max |logit diff| {m['max_abs_diff']:.2e} <= {m['tolerance']:.0e} "
+               f"on {m['n_windows']} windows -> {out}")
+
+
+@cli.command(context_settings=HELP)
 def models() -> None:
     """List the model variants with their parameter counts at 128 x 3, 6 classes."""
     from har_vit.model import create_model, list_models

@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--warmup-epochs", type=float, default=2.0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--work", default=None, help="folder for windows and run folders [a temporary one]")
-    ap.add_argument("--out", default=str(RESULTS / "accuracy.json"))
+    ap.add_argument("--out", default=None, help="JSON path [bench/results/accuracy_<models>.json]")
     ap.add_argument("--append", action="store_true", help="add to the runs already in --out")
     a = ap.parse_args()
     if not Path(a.data).is_file():
@@ -113,7 +113,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    out = Path(a.out)
+    out = Path(a.out) if a.out else RESULTS / f"accuracy_{'_'.join(a.models)}.json"
     previous = json.loads(out.read_text()) if a.append and out.is_file() else {}
     runs: list[dict[str, Any]] = list(previous.get("runs", []))
     invocations = list(previous.get("invocations", [])) + [{"argv": sys.argv[1:], "machine": machine(),

@@ -186,7 +186,8 @@ def onnx_runner(path: Path) -> tuple[Runner, str]:
 
 
 def torchscript_runner(path: Path) -> tuple[Runner, str]:
-    loaded = torch.jit.load(str(path), map_location="cpu").eval()
+    with _quiet_exporters():
+        loaded = torch.jit.load(str(path), map_location="cpu").eval()
 
     def go(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +43,9 @@ def _reference(run_dir: Path, x: np.ndarray) -> np.ndarray:
 def _load(path: Path, fmt: str):
     """A (B, T, C) -> logits function over the file on disk, independent of har_vit.export."""
     if fmt == "torchscript":
-        m = torch.jit.load(str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still supported
+            m = torch.jit.load(str(path))
         return lambda x: m(torch.from_numpy(x)).detach().numpy()
     import onnxruntime as ort
 
