@@ -2,9 +2,15 @@
 
 A checkpoint alone rebuilds its model: it carries the variant name, the constructor
 kwargs, the class names and the per-channel normalisation fitted on train.
+
+``torch.load`` does not verify the bytes of tensors (a flipped bit in a weight loads
+silently), so :func:`save_checkpoint` stores a sha256 over every value of the dict in
+``ckpt["integrity"]`` and :func:`load_checkpoint` recomputes it: a damaged file is an
+ArtefactError naming it, never a quietly different model.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 from pathlib import Path
@@ -16,10 +22,42 @@ from har_vit.errors import ArtefactError
 from har_vit.io import write_bytes
 
 
+INTEGRITY = "integrity"
+
+
+def digest(obj: Any) -> str:
+    """sha256 over a checkpoint's contents: tensor bytes, dtypes, shapes and plain values."""
+    h = hashlib.sha256()
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().reshape(-1).contiguous()
+            h.update(f"T{t.dtype}{tuple(o.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes())
+        elif isinstance(o, dict):
+            h.update(b"{")
+            for k in sorted(o, key=str):
+                if k == INTEGRITY:
+                    continue
+                h.update(repr(k).encode() + b":")
+                walk(o[k])
+            h.update(b"}")
+        elif isinstance(o, (list, tuple)):
+            h.update(b"[")
+            for v in o:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(o).encode() + b";")
+
+    walk(obj)
+    return h.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: dict[str, Any]) -> Path:
-    """Serialise ``ckpt`` and rename it into place (never a half-written checkpoint)."""
+    """Serialise ``ckpt`` with its integrity digest and rename it into place (never a half file)."""
     buf = io.BytesIO()
-    torch.save(ckpt, buf)
+    torch.save({**ckpt, INTEGRITY: digest(ckpt)}, buf)
     return write_bytes(path, buf.getvalue())
 
 
@@ -35,6 +73,10 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise ArtefactError(f"{p}: corrupt or truncated checkpoint ({type(e).__name__}: {first[:200]}); delete it and retrain (or --resume from an older copy)") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise ArtefactError(f"{p}: not a har_vit checkpoint (no model/model_name); pass a file written by 'pipeline.py train'")
+    stored = ckpt.pop(INTEGRITY, None)
+    if stored is not None and stored != digest(ckpt):
+        raise ArtefactError(f"{p}: checkpoint is damaged (contents do not match its integrity digest); "
+                            "delete it and retrain (or --resume from an older copy)")
     return ckpt
 
 

@@ -79,10 +79,10 @@ def _json_default(o: Any) -> Any:
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """Write arrays as an uncompressed ``.npz`` atomically."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return write_bytes(path, buf.getvalue())
+    """Write arrays as an uncompressed ``.npz`` atomically (streamed: no copy in memory)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    return Path(path)
 
 
 def load_npz(path: str | os.PathLike, required: tuple[str, ...] = ()) -> dict[str, np.ndarray]:

@@ -306,6 +306,15 @@ def _concat(a: Parsed, b: Parsed) -> Parsed:
                   np.concatenate([a.order, b.order]))
 
 
+def _concat_all(parts: list[Parsed]) -> Parsed:
+    """One concatenation for all chunks (not a growing copy per chunk)."""
+    if not parts:
+        return _empty()
+    return Parsed(*(np.concatenate([getattr(p, c) for p in parts]) for c in ("user", "activity", "timestamp", "xyz", "line")),
+                  sum(p.total for p in parts), [q for p in parts for q in p.quarantine],
+                  np.concatenate([p.order for p in parts]))
+
+
 def drop_duplicate_timestamps(p: Parsed) -> Parsed:
     """Quarantine a record whose timestamp equals the previous record's in the same
     (user, activity) run: two samples cannot share an instant, and keeping both would
@@ -359,9 +368,10 @@ def parse_file(path: str | os.PathLike, labels: Mapping[str, int] | None,
                chunk_bytes: int = CHUNK_BYTES) -> Parsed:
     """Parse one WISDM log file (``.txt`` or ``.txt.gz``) chunk by chunk."""
     path = Path(path)
-    out = _empty()
+    parts, offset = [], 0
     for data, first_line in iter_chunks(path, chunk_bytes):
         part = parse_bytes(data, labels, first_line)
-        part.order = part.order + (out.order.max() + 1 if out.kept else 0)  # keep file order across chunks
-        out = _concat(out, part)
-    return drop_duplicate_timestamps(out)
+        part.order = part.order + offset  # keep file order across chunks
+        offset += len(data) + 1  # more than the segments of any chunk
+        parts.append(part)
+    return drop_duplicate_timestamps(_concat_all(parts))
