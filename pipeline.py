@@ -330,6 +330,23 @@ def export(model: str, registry: str, out: str, **kw: Any) -> None:
 
 
 @cli.command(context_settings=HELP)
+@click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="Sweep file (YAML).")
+@handle_errors
+def sweep(config: str) -> None:
+    """Grid or random search over train options with several seeds; chooses by validation only.
+
+    \b
+    Example (sweep.yaml: windows, out, split: subject|loso, seeds, base, grid or random):
+      python pipeline.py sweep --config sweep.yaml
+    """
+    from har_vit import sweep as stage
+    from har_vit.config import load_yaml
+
+    result = stage.run(stage.SweepSpec.from_mapping(load_yaml(config)), echo=lambda s: click.echo(s, err=True))
+    click.echo(f"sweep: chose {result['chosen']} ({result['chosen_by']}) -> {load_yaml(config)['out']}/table.md")
+
+
+@cli.command(context_settings=HELP)
 def models() -> None:
     """List the model variants with their parameter counts at 128 x 3, 6 classes."""
     from har_vit.model import create_model, list_models

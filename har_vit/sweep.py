@@ -1,0 +1,172 @@
+"""Sweeps: a grid or random search over named train options, several seeds each.
+
+The choice is made on VALIDATION macro F1 only (mean over seeds and folds); test
+figures are reported beside it for reading, never used to choose. Split protocols
+are the honest ones: ``subject`` (held-out users) or ``loso`` (one fold per user, or
+the ``folds`` listed).
+
+A sweep file (YAML)::
+
+    windows: runs/x/windows        # a windows folder
+    out: sweeps/aug                # where runs and the table go
+    split: subject                 # subject | loso
+    seeds: [0, 1, 2]
+    base: {model: tiny, epochs: 30}
+    grid: {rotate: [0, 180], mixup: [0, 0.2]}       # every combination
+    # random: {n: 6, space: {lr: [0.0003, 0.001, 0.003], jitter: [0, 0.05]}}   # n draws
+    folds: [0, 5, 10]              # loso only: a subset of folds (default: all)
+
+Output: ``table.csv`` / ``table.md`` / ``sweep.json`` with one row per combination
+(mean and std over runs of val macro F1, test accuracy and test macro F1), the chosen
+combination, and each run folder under ``runs/``.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from har_vit.errors import UsageError
+from har_vit.io import write_json, write_text
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    windows: str
+    out: str
+    split: str = "subject"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    base: tuple[tuple[str, Any], ...] = ()
+    grid: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    random_n: int = 0
+    random_space: tuple[tuple[str, tuple[Any, ...]], ...] = ()
+    folds: tuple[int, ...] = ()
+    random_seed: int = 0
+
+    @classmethod
+    def from_mapping(cls, body: Mapping[str, Any]) -> "SweepSpec":
+        known = {"windows", "out", "split", "seeds", "base", "grid", "random", "folds"}
+        unknown = set(body) - known
+        if unknown:
+            raise UsageError(f"sweep file: unknown keys {sorted(unknown)}; use {sorted(known)}")
+        for k in ("windows", "out"):
+            if not body.get(k):
+                raise UsageError(f"sweep file: '{k}' is required")
+        split = body.get("split", "subject")
+        if split not in ("subject", "loso"):
+            raise UsageError(f"sweep file: split must be subject or loso (honest protocols), not {split!r}")
+        rnd = body.get("random") or {}
+        grid = body.get("grid") or {}
+        if bool(grid) == bool(rnd):
+            raise UsageError("sweep file: give exactly one of 'grid' or 'random'")
+
+        def axes(m: Mapping[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+            out = []
+            for k, v in m.items():
+                vals = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                if not vals:
+                    raise UsageError(f"sweep file: option {k!r} has no values")
+                out.append((str(k).replace("-", "_"), vals))
+            return tuple(out)
+
+        return cls(windows=str(body["windows"]), out=str(body["out"]), split=split,
+                   seeds=tuple(int(s) for s in body.get("seeds", (0, 1, 2))),
+                   base=tuple((str(k).replace("-", "_"), v) for k, v in (body.get("base") or {}).items()),
+                   grid=axes(grid), random_n=int(rnd.get("n", 0)), random_space=axes(rnd.get("space") or {}),
+                   folds=tuple(int(f) for f in body.get("folds", ())), random_seed=int(rnd.get("seed", 0)))
+
+    def combinations(self) -> list[dict[str, Any]]:
+        """The option sets to try, in a stable order."""
+        if self.grid:
+            keys = [k for k, _ in self.grid]
+            return [dict(zip(keys, vals)) for vals in itertools.product(*(v for _, v in self.grid))]
+        rng = random.Random(self.random_seed)
+        seen, out = set(), []
+        space = dict(self.random_space)
+        total = int(np.prod([len(v) for v in space.values()])) if space else 0
+        while len(out) < min(self.random_n, total):
+            combo = {k: rng.choice(v) for k, v in space.items()}
+            key = json.dumps(combo, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(combo)
+        return out
+
+
+def _name(combo: Mapping[str, Any]) -> str:
+    text = "-".join(f"{k}={v}" for k, v in combo.items()) or "base"
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text)[:120]
+
+
+def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train every combination x seed (x fold), evaluate, and write the table; returns sweep.json's dict."""
+    from har_vit import evaluate, train
+    from har_vit.config import build
+    from har_vit.splits import loso_folds
+    from har_vit.windows import load_windows
+
+    out = Path(spec.out)
+    w = load_windows(spec.windows)
+    folds: list[int | None] = [None]
+    if spec.split == "loso":
+        folds = list(spec.folds) if spec.folds else list(range(len(loso_folds(w))))
+    combos = spec.combinations()
+    base = dict(spec.base)
+    rows, t0 = [], time.perf_counter()
+    total = len(combos) * len(spec.seeds) * len(folds)
+    done = 0
+    for combo in combos:
+        runs = []
+        for seed in spec.seeds:
+            for fold in folds:
+                layer = {**base, **combo, "seed": seed, "split": spec.split, "progress": False,
+                         **({"fold": fold} if fold is not None else {})}
+                cfg = build(train.TrainConfig, layer)
+                run_dir = out / "runs" / _name(combo) / (f"s{seed}" + (f"-f{fold}" if fold is not None else ""))
+                if (run_dir / "eval" / "manifest.json").is_file():  # resume a sweep: keep finished runs
+                    man = json.loads((run_dir / "manifest.json").read_text())
+                    met = json.loads((run_dir / "eval" / "metrics.json").read_text())
+                else:
+                    man = train.run(cfg, spec.windows, run_dir, resume=(run_dir / "last.pt").is_file())
+                    met = evaluate.run(build(evaluate.EvalConfig, {"skip_latency": True, "device": cfg.device}), run_dir)
+                runs.append({"seed": seed, "fold": fold, "val_macro_f1": man["best_val_macro_f1"],
+                             "test_accuracy": met["accuracy"], "test_macro_f1": met["macro_f1"], "dir": str(run_dir)})
+                done += 1
+                echo(f"[{done}/{total}] {_name(combo)} seed {seed}" + (f" fold {fold}" if fold is not None else "")
+                     + f": val F1 {man['best_val_macro_f1']:.4f}, test acc {met['accuracy']:.4f}")
+        stats = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
+                 for k in ("val_macro_f1", "test_accuracy", "test_macro_f1")}
+        rows.append({"name": _name(combo), "options": combo, "n_runs": len(runs), "runs": runs,
+                     **{f"{k}_mean": m for k, (m, _) in stats.items()}, **{f"{k}_std": s for k, (_, s) in stats.items()}})
+    best = max(rows, key=lambda r: r["val_macro_f1_mean"])
+    result = {"split": spec.split, "seeds": list(spec.seeds), "folds": folds, "base": base, "rows": rows,
+              "chosen": best["name"], "chosen_by": "mean validation macro F1 (test never used to choose)",
+              "seconds": round(time.perf_counter() - t0, 1)}
+    write_json(out / "sweep.json", result)
+    write_text(out / "table.csv", _csv(rows))
+    write_text(out / "table.md", _markdown(rows, best["name"], spec))
+    return result
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    cols = ["name", "n_runs", "val_macro_f1_mean", "val_macro_f1_std", "test_accuracy_mean", "test_accuracy_std",
+            "test_macro_f1_mean", "test_macro_f1_std"]
+    return "\n".join([",".join(cols)] + [",".join(str(r[c]) for c in cols) for r in rows]) + "\n"
+
+
+def _markdown(rows: list[dict[str, Any]], chosen: str, spec: SweepSpec) -> str:
+    lines = [f"Split: {spec.split}; seeds {list(spec.seeds)}; chosen by mean validation macro F1 (marked *).", "",
+             "| options | runs | val macro F1 | test accuracy | test macro F1 |", "|---|---|---|---|---|"]
+    for r in rows:
+        mark = " *" if r["name"] == chosen else ""
+        lines.append(f"| {r['name']}{mark} | {r['n_runs']} | {r['val_macro_f1_mean']:.4f} ± {r['val_macro_f1_std']:.4f} "
+                     f"| {r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f} "
+                     f"| {r['test_macro_f1_mean']:.4f} ± {r['test_macro_f1_std']:.4f} |")
+    return "\n".join(lines) + "\n"
