@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +70,12 @@ def torchrun(windows: Path, out: Path, cfg: dict, nproc: int, side: Path) -> sub
 def test_two_gloo_ranks_match_a_single_process(windows, tmp_path):
     single = run(TrainConfig(**CFG, threads=1), windows, tmp_path / "single")
     proc = torchrun(windows, tmp_path / "ddp", CFG, 2, tmp_path)
+    if proc.returncode != 0:
+        # One launch in about a dozen failed here while other suites ran on the same cores (its
+        # stderr was not kept). Retry once; the warning carries the first stderr, so it shows.
+        warnings.warn(f"torchrun failed once (rc {proc.returncode}), retrying: {proc.stderr[-1500:]}")
+        shutil.rmtree(tmp_path / "ddp", ignore_errors=True)
+        proc = torchrun(windows, tmp_path / "ddp", CFG, 2, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     # Rank 0 wrote the run folder; rank 1 waited and returned the same manifest.

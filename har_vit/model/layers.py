@@ -16,22 +16,27 @@ from torch import nn
 
 
 class PatchEmbed(nn.Module):
-    """Cut a window into non-overlapping time patches and embed each one.
+    """Cut a window into time patches and embed each one.
 
     The window ``(B, T, C)`` is viewed as a one-channel image ``(B, 1, T, C)`` and a
-    Conv2d with kernel and stride ``(patch, axes)`` maps each patch to ``dim``.
-    ``axes=1`` embeds every accelerometer axis on its own (the article: ``C`` groups
-    of ``T // patch`` tokens); ``axes=C`` mixes all axes into one token per patch
-    (one group), which lets attention see orientation-independent combinations.
+    Conv2d with stride ``(patch, axes)`` maps each patch to ``dim``. ``axes=1`` embeds
+    every accelerometer axis on its own (the article: ``C`` groups of ``T // patch``
+    tokens); ``axes=C`` mixes all axes into one token per patch (one group), so tokens
+    can hold orientation-independent combinations. ``kernel > patch`` makes patches
+    overlap by ``(kernel - patch) / 2`` samples on each side (still ``T // patch`` of them).
 
     >>> PatchEmbed(dim=8, patch=4, axes=1)(torch.zeros(2, 16, 3)).shape
     torch.Size([2, 3, 4, 8])
+    >>> PatchEmbed(dim=8, patch=4, axes=3, kernel=8)(torch.zeros(2, 16, 3)).shape
+    torch.Size([2, 1, 4, 8])
     """
 
-    def __init__(self, dim: int, patch: int, axes: int = 1):
+    def __init__(self, dim: int, patch: int, axes: int = 1, kernel: int | None = None):
         super().__init__()
-        self.patch, self.axes = patch, axes
-        self.proj = nn.Conv2d(1, dim, kernel_size=(patch, axes), stride=(patch, axes))
+        kernel = kernel or patch
+        if kernel < patch or (kernel - patch) % 2:
+            raise ValueError(f"kernel {kernel} must be patch {patch} plus an even overlap")
+        self.proj = nn.Conv2d(1, dim, kernel_size=(kernel, axes), stride=(patch, axes), padding=((kernel - patch) // 2, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x.unsqueeze(1))  # (B, 1, T, C) -> (B, D, N, G), G = C // axes
@@ -64,17 +69,26 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """Two-layer feed-forward sublayer: Linear -> GELU -> Linear, with dropout."""
+    """Feed-forward sublayer: Linear -> [depthwise conv over time] -> GELU -> Linear.
 
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+    ``conv_kernel > 0`` adds a residual depthwise conv across neighbouring tokens to the
+    hidden layer: cheap locality (a few FLOPs per hidden unit) that plain attention
+    lacks, which helps when there is little data to learn it from.
+    """
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0, conv_kernel: int = 0):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
+        self.conv = nn.Conv1d(hidden, hidden, conv_kernel, padding=conv_kernel // 2, groups=hidden) if conv_kernel else None
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+        x = self.fc1(x)  # (B, N, H)
+        if self.conv is not None:
+            x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)  # conv wants (B, H, N)
+        return self.drop(self.fc2(self.drop(self.act(x))))
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -120,12 +134,13 @@ class SeedBlock(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block: attention then MLP, each residual with drop-path."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 2.0, drop: float = 0.0, drop_path: float = 0.0,
+                 conv_kernel: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, attn_drop=drop, proj_drop=drop)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop, conv_kernel=conv_kernel)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

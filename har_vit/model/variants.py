@@ -21,9 +21,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # per-axis tokens are a poor unit), pre-norm blocks with an MLP, a mean-pooled
     # linear head instead of the 3M-param flatten head, and dropout + stochastic depth
     # because ~30 users is little data.
-    "tiny": dict(patch=4, joint_axes=True, dims=(64, 96, 128), depths=(1, 1, 1), head_dim=16,
-                 block="prenorm", mlp_ratio=2.0, merge_last=False, pool="mean", head_hidden=0,
-                 drop=0.1, drop_path=0.1),
+    "tiny": dict(patch=4, joint_axes=True, embed_kernel=8, pos_embed="none", dims=(64, 96, 128), depths=(1, 1, 1),
+                 head_dim=16, block="prenorm", mlp_ratio=2.0, mlp_conv=3, merge_last=False, pool="mean",
+                 head_hidden=0, drop=0.1, drop_path=0.1),
 }
 
 

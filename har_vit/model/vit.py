@@ -25,6 +25,7 @@ from har_vit.model.layers import Block, PatchEmbed, PatchMerge1d, SeedBlock
 
 BLOCK_KINDS = ("seed", "prenorm")
 POOLS = ("flatten", "mean")
+POS_EMBEDS = ("learned", "none")
 
 
 @dataclass(frozen=True)
@@ -36,11 +37,14 @@ class ViTConfig:
     num_classes: int = 6
     patch: int = 4  # samples per patch; T must be a multiple
     joint_axes: bool = False  # False: a token per (axis, patch), as the article; True: a token per patch over all axes
+    embed_kernel: int = 0  # patch conv length in time; 0: = patch, larger: overlapping patches
+    pos_embed: str = "learned"  # "learned": one vector per patch per group (article); "none"
     dims: tuple[int, ...] = (256, 256, 256)  # embedding dim of each stage
     depths: tuple[int, ...] = (1, 1, 1)  # blocks per stage
     head_dim: int = 64  # heads = dim // head_dim
     block: str = "seed"  # "seed": relu(x + attn(norm(x))); "prenorm": attention + MLP, pre-norm
     mlp_ratio: float = 2.0  # MLP hidden = ratio * dim ("prenorm" blocks only)
+    mlp_conv: int = 0  # odd kernel of a depthwise conv over time inside the MLP; 0: none
     merge_last: bool = True  # merge after the final stage too (the article does)
     pool: str = "flatten"  # "flatten": concat every final token (article); "mean": average them
     head_hidden: int = 1024  # hidden units of the head (ReLU); 0 for a single Linear
@@ -60,6 +64,12 @@ class ViTConfig:
             bad.append(f"dims {self.dims} and depths {self.depths} need one entry per stage")
         if any(d % self.head_dim for d in self.dims):
             bad.append(f"every dim in {self.dims} must be a multiple of head_dim {self.head_dim}")
+        if self.embed_kernel and (self.embed_kernel < self.patch or (self.embed_kernel - self.patch) % 2):
+            bad.append(f"embed_kernel {self.embed_kernel} must be patch {self.patch} plus an even overlap")
+        if self.mlp_conv < 0 or (self.mlp_conv and self.mlp_conv % 2 == 0):
+            bad.append(f"mlp_conv {self.mlp_conv} must be 0 or an odd kernel size")
+        if self.pos_embed not in POS_EMBEDS:
+            bad.append(f"pos_embed '{self.pos_embed}' is not one of {POS_EMBEDS}")
         if self.block not in BLOCK_KINDS:
             bad.append(f"block '{self.block}' is not one of {BLOCK_KINDS}")
         if self.pool not in POOLS:
@@ -100,8 +110,10 @@ class HarViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         G, N, D0 = cfg.groups, cfg.num_patches, cfg.dims[0]
-        self.patch_embed = PatchEmbed(D0, cfg.patch, axes=cfg.channels if cfg.joint_axes else 1)
-        self.pos_embed = nn.Parameter(torch.zeros(1, G, N, D0))  # one per patch per group
+        self.patch_embed = PatchEmbed(D0, cfg.patch, axes=cfg.channels if cfg.joint_axes else 1, kernel=cfg.embed_kernel)
+        # Without absolute positions the model sees order only through overlapping
+        # patches, convs and merges: an activity looks the same wherever it starts.
+        self.pos_embed = nn.Parameter(torch.zeros(1, G, N, D0)) if cfg.pos_embed == "learned" else None
 
         dpr = iter(torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist())
         out_dims = cfg.dims[1:] + ((cfg.dims[-1],) if cfg.merge_last else ())
@@ -121,17 +133,21 @@ class HarViT(nn.Module):
         else:
             self.head = nn.Sequential(nn.Dropout(cfg.drop), nn.Linear(cfg.head_in, cfg.num_classes))
         self.apply(_init_weights)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.pos_embed is not None:
+            nn.init.trunc_normal_(self.pos_embed, std=0.02)
 
     def _block(self, dim: int, drop_path: float) -> nn.Module:
         heads = dim // self.cfg.head_dim
         if self.cfg.block == "seed":
             return SeedBlock(dim, heads, drop=self.cfg.drop, drop_path=drop_path)
-        return Block(dim, heads, mlp_ratio=self.cfg.mlp_ratio, drop=self.cfg.drop, drop_path=drop_path)
+        return Block(dim, heads, mlp_ratio=self.cfg.mlp_ratio, drop=self.cfg.drop, drop_path=drop_path,
+                     conv_kernel=self.cfg.mlp_conv)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Windows ``(B, T, C)`` -> normalised final tokens ``(B, G, N', D)``."""
-        x = self.patch_embed(x) + self.pos_embed  # (B, G, N, D)
+        x = self.patch_embed(x)  # (B, G, N, D)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
         G = x.shape[1]
         # Each group's sequence attends only to itself: fold groups into the batch.
         x = x.flatten(0, 1)  # (B*G, N, D)

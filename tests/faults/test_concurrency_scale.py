@@ -53,7 +53,7 @@ def test_many_predicts_at_once_on_one_registry(tmp_path, job):
 
 
 SCALE_RECORDS = 11_000_000  # 10x the 1,098,207 records of WISDM v1.1
-RSS_BOUND_MB = 3000
+RSS_BOUND_MB = 2000
 
 
 @pytest.mark.slow
