@@ -85,7 +85,12 @@ def test_ingest_ten_times_wisdm_within_memory_bound(tmp_path):
     r["bytes"] = log.stat().st_size
     print(f"\ningest of {r['records']:,} records ({r['bytes'] / 2**20:.0f} MiB): {r['seconds']:.1f} s, "
           f"peak RSS {r['peak_rss_mb']:.0f} MB (bound {RSS_BOUND_MB} MB)")
+    import os
+    import platform
+
+    from har_vit.efficiency import cpu_model_name
     out = Path(ROOT / "bench" / "results" / "ingest_scale.json")
-    out.write_text(json.dumps({**r, "bound_mb": RSS_BOUND_MB, "test": __name__}, indent=2) + "\n")
+    machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+    out.write_text(json.dumps({**r, "bound_mb": RSS_BOUND_MB, "test": __name__, "machine": machine}, indent=2) + "\n")
     assert r["records"] == SCALE_RECORDS == r["kept"]
     assert r["peak_rss_mb"] < RSS_BOUND_MB
