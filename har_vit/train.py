@@ -47,6 +47,7 @@ from torch import nn
 from tqdm import tqdm
 
 from har_vit import distributed
+from har_vit.augment import AugmentConfig, Augmenter
 from har_vit.checkpoint import load_checkpoint, normalise, save_checkpoint
 from har_vit.config import as_dict
 from har_vit.distributed import DistContext
@@ -54,6 +55,7 @@ from har_vit.efficiency import device_label, resolve_device
 from har_vit.errors import UsageError
 from har_vit.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
 from har_vit.model import create_model, list_models
+from har_vit.objective import Objective, load_init, load_teacher, set_frozen
 from har_vit.splits import PROTOCOLS, Split, make_split
 from har_vit.windows import WINDOWS, load_windows
 
@@ -95,6 +97,29 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
     progress: bool = True  # tqdm bar per epoch on stderr
     eval_batch_size: int = 2048  # validation forward batch (memory only, not results)
+    # Augmentation (har_vit.augment.AugmentConfig; all off by default), per batch on the device.
+    jitter: float = 0.0
+    scale: float = 0.0
+    rotate: float = 0.0  # degrees
+    time_warp: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    erase: float = 0.0
+    erase_patch: int = 4
+    aug_p: float = 1.0
+    # Distillation from a trained run (har_vit.objective): soft (KL at a temperature) or hard labels.
+    teacher: str | None = None
+    distill: str = "soft"
+    distill_alpha: float = 0.5
+    distill_temperature: float = 4.0
+    # Warm start from a trained run (its head is replaced), optionally frozen for some epochs.
+    init: str | None = None
+    freeze_epochs: int = 0
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(jitter=self.jitter, scale=self.scale, rotate=self.rotate, time_warp=self.time_warp,
+                             mixup=self.mixup, cutmix=self.cutmix, erase=self.erase, erase_patch=self.erase_patch,
+                             p=self.aug_p)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "test_users", tuple(int(u) for u in self.test_users))
@@ -121,6 +146,11 @@ class TrainConfig:
             bad.append(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
         if self.threads is not None and self.threads < 1:
             bad.append(f"threads must be >= 1 (got {self.threads})")
+        if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
+            bad.append(f"freeze_epochs ({self.freeze_epochs}) must be >= 0 and needs --init")
+        if self.distill not in ("soft", "hard"):
+            bad.append(f"distill '{self.distill}' is not one of soft, hard")
+        self.augment_config()  # UsageError for bad augmentation values
         if bad:
             raise UsageError("bad training option: " + "; ".join(bad))
 
@@ -169,7 +199,7 @@ def make_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> Callable[
     losses averaged across DDP ranks equal the loss of the whole global batch.
     """
 
-    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         return F.cross_entropy(logits.float(), y, weight=class_weights, label_smoothing=cfg.label_smoothing,
                                reduction="none").mean()
 
@@ -187,11 +217,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
                xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on batch ``xb`` (B, T, C); returns (loss * B, correct) as device tensors.
 
-    Nothing here reads a value back to the host, so a GPU runs ahead of Python.
+    A ``loss_fn`` with a ``prepare`` (an :class:`Objective`) augments the batch first;
+    accuracy is always against the true labels. Nothing here reads a value back to the
+    host, so a GPU runs ahead of Python.
     """
+    target = yb
+    if hasattr(loss_fn, "prepare"):
+        xb, target = loss_fn.prepare(xb, yb)
     with autocast_for(device):
         logits = model(xb)  # (B, classes)
-    loss = loss_fn(logits, yb)
+    loss = loss_fn(logits, target, xb)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -312,7 +347,7 @@ def prepare_data(cfg: TrainConfig, windows_dir: Path, ctx: DistContext, device: 
 # --- checkpoint state ------------------------------------------------------------------------------
 
 
-def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
+def rng_state(shuffle: torch.Generator, device: torch.device, augment: torch.Generator | None = None) -> dict[str, Any]:
     """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe)."""
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
@@ -322,10 +357,12 @@ def rng_state(shuffle: torch.Generator, device: torch.device) -> dict[str, Any]:
         "numpy": [str(np_name), torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)],
         "python": [py_version, list(py_internal), py_gauss],
         "shuffle": shuffle.get_state(),
+        "augment": [augment.get_state()] if augment is not None else [],
     }
 
 
-def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.device) -> None:
+def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch.device,
+                  augment: torch.Generator | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if device.type == "cuda" and state["cuda"]:
         torch.cuda.set_rng_state(state["cuda"][0], device)
@@ -334,6 +371,8 @@ def set_rng_state(state: dict[str, Any], shuffle: torch.Generator, device: torch
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     shuffle.set_state(state["shuffle"])
+    if augment is not None and state.get("augment"):
+        augment.set_state(state["augment"][0])
 
 
 def cpu_copy(obj: Any) -> Any:
@@ -475,14 +514,31 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every run
     overrides = {k: getattr(cfg, k) for k in ("drop", "drop_path") if getattr(cfg, k) is not None}
-    model = create_model(cfg.model, window=T, channels=C, num_classes=len(data.class_names), **overrides).to(device)
+    model = create_model(cfg.model, window=T, channels=C, num_classes=len(data.class_names), **overrides)
+    init_info = load_init(model, cfg.init) if cfg.init else None
+    model = model.to(device)
+    if cfg.freeze_epochs and ctx.enabled:
+        raise UsageError("--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters "
+                         "at start); train the frozen phase in one process")
     # Dropout must differ between ranks; rank 0 keeps the run's seed. The shift keeps any
     # rank's stream apart from every 32-bit seed a single-process run could use.
     torch.manual_seed(cfg.seed + (ctx.rank << 32))
     optimizer = build_optimizer(model, cfg, device)
     scheduler = build_scheduler(optimizer, cfg, steps)
-    loss_fn = make_loss(cfg, torch.tensor(data.class_weights, device=device) if data.class_weights else None)
+    weights = torch.tensor(data.class_weights, device=device) if data.class_weights else None
     shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
+    aug_cfg = cfg.augment_config()
+    # The augmentation stream is its own generator (seeded apart from the shuffle), saved in last.pt.
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + (1 << 40) + ctx.rank) if aug_cfg.enabled() else None
+    teacher = (load_teacher(cfg.teacher, data.norm, data.class_names, device, data.split.summary())
+               if cfg.teacher else None)
+    if aug_cfg.enabled() or teacher is not None:
+        loss_fn: Callable = Objective(cfg.label_smoothing, weights,
+                                      Augmenter(aug_cfg, len(data.class_names), channels=C, norm=data.norm)
+                                      if aug_cfg.enabled() else None, aug_gen, teacher, cfg.distill,
+                                      cfg.distill_alpha, cfg.distill_temperature, lambda: autocast_for(device))
+    else:
+        loss_fn = make_loss(cfg, weights)
 
     state = RunState(make_run_id(cfg))
     if resume:
@@ -493,7 +549,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         scheduler.load_state_dict(ckpt["scheduler"])
         state = RunState.from_ckpt(ckpt)
         if ctx.is_main:
-            set_rng_state(ckpt["rng"], shuffle, device)
+            set_rng_state(ckpt["rng"], shuffle, device, aug_gen)
         else:  # only rank 0's RNGs are saved: other ranks get fresh, distinct dropout streams
             torch.manual_seed(cfg.seed + (ctx.rank << 32) + state.epoch)
             shuffle.set_state(ckpt["rng"]["shuffle"])
@@ -525,6 +581,8 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
                and (stop_after is None or state.epoch < stop_after)):
             epoch, t0 = state.epoch + 1, time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
+            if cfg.freeze_epochs:
+                set_frozen(model, epoch <= cfg.freeze_epochs)  # from the epoch alone: a resume agrees
             batches = epoch_batches(n_train, cfg.batch_size, shuffle, device, ctx)
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr,
                        disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
@@ -545,7 +603,8 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
                 state.train_seconds += row["seconds"]
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}",
                                 val_f1=f"{row['val_macro_f1']:.4f}", refresh=False)
-                writer.submit(epoch_files(out, fixed, model, optimizer, scheduler, shuffle, device, state, improved))
+                writer.submit(epoch_files(out, fixed, model, optimizer, scheduler, shuffle, device, state, improved,
+                                          aug_gen))
                 stop.fill_(int(state.stopped_early))
             bar.close()
             # Every rank must leave the loop together, and rank 0 alone knows whether to stop.
@@ -557,7 +616,9 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     if not (state.stopped_early or state.epoch >= cfg.epochs):
         return {"stage": "train", "finished": False, "epochs_run": state.epoch, "run_id": state.run_id}
     if ctx.is_main:
-        _write_manifest(cfg, out, windows_dir, data, model, device, ctx, state)
+        levers = {"augment": {k: v for k, v in vars(aug_cfg).items()} if aug_cfg.enabled() else None,
+                  "teacher": teacher.info if teacher else None, "init": init_info}
+        _write_manifest(cfg, out, windows_dir, data, model, device, ctx, state, levers)
     distributed.barrier(ctx)  # the other ranks return once the run folder is complete
     return read_manifest(out, "train")
 
@@ -578,12 +639,13 @@ def epoch_batches(n: int, batch: int, shuffle: torch.Generator, device: torch.de
 
 
 def epoch_files(out: Path, fixed: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                shuffle: torch.Generator, device: torch.device, state: RunState, improved: bool) -> Callable[[], None]:
+                shuffle: torch.Generator, device: torch.device, state: RunState, improved: bool,
+                augment: torch.Generator | None = None) -> Callable[[], None]:
     """Snapshot the epoch's state now; return the function that writes its files (on the writer thread)."""
     light = {**fixed, "model": cpu_copy(model.state_dict()), "epoch": state.epoch,
              "val": {k: state.history[-1][k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
     full = {**light, **state.to_ckpt(), "optimizer": cpu_copy(optimizer.state_dict()),
-            "scheduler": cpu_copy(scheduler.state_dict()), "rng": cpu_copy(rng_state(shuffle, device))}
+            "scheduler": cpu_copy(scheduler.state_dict()), "rng": cpu_copy(rng_state(shuffle, device, augment))}
 
     def write() -> None:
         # Order matters for a kill between writes: best.pt before last.pt, so last.pt never
@@ -598,7 +660,7 @@ def epoch_files(out: Path, fixed: dict[str, Any], model: nn.Module, optimizer: t
 
 
 def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, model: nn.Module,
-                    device: torch.device, ctx: DistContext, state: RunState) -> None:
+                    device: torch.device, ctx: DistContext, state: RunState, levers: dict[str, Any]) -> None:
     # Throughput over the training steps only (validation and checkpoints excluded): all
     # windows over all step time, an epoch's step time being its windows / windows_per_s.
     per_epoch = (data.X_train.shape[0] // cfg.batch_size) * cfg.batch_size
@@ -611,6 +673,6 @@ def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, 
         class_names=data.class_names, norm=data.norm, class_weights=data.class_weights,
         train_seconds=round(state.train_seconds, 3),
         windows_per_s=round(per_epoch * len(state.history) / step_seconds, 1) if step_seconds else None,
-        inputs={"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]},
+        inputs={"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]}, **levers,
         outputs=[file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
     )

@@ -201,5 +201,17 @@ def test_window_not_multiple_of_patch_is_a_usage_error():
         create_model("seed", window=130)
 
 
+@pytest.mark.parametrize("bad", [dict(embed_kernel=7), dict(mlp_conv=4), dict(pool="max"), dict(dims=(256, 200, 256))])
+def test_bad_config_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="bad model config"):
+        create_model("tiny", **bad)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 3), (2, 128, 6), (128, 3)])
+def test_wrong_input_shape_says_what_the_model_takes(shape):
+    with pytest.raises(UsageError, match=r"\(batch, 128, 3\)"):
+        _model("seed")(torch.zeros(shape))
+
+
 def test_config_accepts_lists_from_yaml_and_checkpoints():
     assert ViTConfig(dims=[256, 256, 256], depths=[1, 1, 1]) == ViTConfig()

@@ -145,6 +145,12 @@ class HarViT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Windows ``(B, T, C)`` -> normalised final tokens ``(B, G, N', D)``."""
+        T, C = self.cfg.window, self.cfg.channels
+        # A shape check, not data-dependent flow; skipped under jit.trace, which would
+        # record the shapes as tensors and warn.
+        if not torch.jit.is_tracing() and (x.ndim != 3 or tuple(x.shape[1:]) != (T, C)):
+            raise UsageError(f"the model takes windows of shape (batch, {T}, {C}), got {tuple(x.shape)}; "
+                             f"cut windows of {T} samples x {C} channels or build the model for this shape")
         x = self.patch_embed(x)  # (B, G, N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed
