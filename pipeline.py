@@ -66,6 +66,29 @@ def opt_registry(f: Callable) -> Callable:
                         help="Model registry folder (stored runs and the production pointer).")(f)
 
 
+def opts_levers(f: Callable) -> Callable:
+    """Accuracy levers (issue 7): augmentation, distillation, warm start. All off by default."""
+    for name, kind, text in reversed([
+        ("--jitter", float, "Augment: std of Gaussian noise (normalised units)."),
+        ("--scale", float, "Augment: std of a per-axis gain around 1."),
+        ("--rotate", float, "Augment: max angle (degrees) of a random 3D rotation of the axes."),
+        ("--time-warp", float, "Augment: strength of a smooth random time warp."),
+        ("--mixup", float, "Augment: Mixup Beta alpha."),
+        ("--cutmix", float, "Augment: CutMix (along time) Beta alpha."),
+        ("--erase", float, "Augment: probability of erasing each patch."),
+        ("--teacher", str, "Distil from this trained run (folder); it is never trained."),
+        ("--distill", click.Choice(["soft", "hard"]), "Distillation targets [soft: KL at a temperature]."),
+        ("--distill-alpha", float, "Weight of the distillation term [0.5]."),
+        ("--distill-temperature", float, "Softmax temperature of soft distillation [4]."),
+        ("--init", str, "Start from this trained run's weights (its head is replaced)."),
+        ("--freeze-epochs", int, "With --init: keep the copied layers frozen this many epochs."),
+        ("--label-smoothing", float, "Label smoothing of the cross-entropy."),
+        ("--patience", int, "Early stopping: epochs without a better validation macro F1."),
+    ]):
+        f = click.option(name, type=kind, help=text)(f)
+    return f
+
+
 def handle_errors(f: Callable) -> Callable:
     """Turn a HarVitError into one line on stderr and its exit code."""
     @functools.wraps(f)
@@ -153,6 +176,7 @@ def windows(in_dir: str | None, dataset: str | None, data_path: str | None, out:
 @click.option("--in", "in_dir", type=click.Path(file_okay=False), required=True, help="Windows folder.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Run folder for checkpoints and history.")
 @opts_train
+@opts_levers
 @click.option("--resume", is_flag=True, help="Continue a killed run from its last checkpoint in --out.")
 @handle_errors
 def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
@@ -161,6 +185,8 @@ def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
     \b
     Example:
       python pipeline.py train --in runs/x/windows --out runs/x/model --model seed --epochs 30
+      python pipeline.py train --in runs/x/windows --out runs/x/student --model tiny --teacher runs/x/model
+      python pipeline.py train --in runs/y/windows --out runs/y/ft --init runs/x/model --freeze-epochs 5
       torchrun --nproc_per_node 2 pipeline.py train --in runs/x/windows --out runs/x/model
     """
     from har_vit import train as stage
@@ -218,6 +244,7 @@ def report(run_dir: str, reports_dir: str, run_id: str | None) -> None:
 @opts_data
 @opts_windows
 @opts_train
+@opts_levers
 @click.option("--out", type=click.Path(file_okay=False), help="Run folder [runs/<run_id>].")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False), help="Reports folder [reports].")
 @opt_registry
@@ -243,6 +270,7 @@ def run(registry: str, **kw: Any) -> None:
 @opts_data
 @opts_windows
 @opts_train
+@opts_levers
 @click.option("--tolerance", type=float, default=0.01, show_default=True,
               help="Promote when candidate macro F1 >= production's minus this.")
 @click.option("--reports", "reports_dir", type=click.Path(file_okay=False), help="Reports folder [reports].")
