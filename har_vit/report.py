@@ -336,6 +336,17 @@ def model_section(chain: Chain) -> list[Block]:
         ("training time (s)", fmt(tr.get("train_seconds"), 1)),
         ("training throughput (windows/s)", fmt(tr.get("windows_per_s"), 1)),
     ]
+    teacher, init, aug = tr.get("teacher"), tr.get("init"), tr.get("augment")
+    if teacher:
+        rows.append(("distilled from (teacher)", f"{teacher.get('model')} ({fmt(teacher.get('params'))} params), "
+                                                 f"run {teacher.get('run')}; {cfg.get('distill', 'soft')} targets, "
+                                                 f"alpha {cfg.get('distill_alpha')}, T {cfg.get('distill_temperature')}"))
+    if init:
+        rows.append(("initialised from", f"{init.get('model')} run {init.get('run')}: {init.get('tensors_copied')} "
+                                         f"tensors copied, {init.get('tensors_new')} new (head); frozen for "
+                                         f"{cfg.get('freeze_epochs', 0)} epochs"))
+    if aug:
+        rows.append(("augmentation", ", ".join(f"{k} {v}" for k, v in aug.items() if v and k not in ("p",)) or DASH))
     blocks: list[Block] = [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
     if cfg:
         blocks.append(Table(("option", "value"), [(str(k), str(v)) for k, v in cfg.items()],
