@@ -8,7 +8,10 @@ import pytest
 
 from synthetic import ACTIVITIES, make_log
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+import os
+
+# The real data lies beside the checkout (../shared/data); HAR_VIT_SHARED_DATA points elsewhere.
+SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 WISDM2019 = SHARED / "wisdm2019"
 V11_NPZ = SHARED / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
 
