@@ -1,14 +1,13 @@
 """Shared fixtures: synthetic logs on disk and the real data folder when present."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synthetic import ACTIVITIES, make_log
-
-import os
 
 # The real data lies beside the checkout (../shared/data); HAR_VIT_SHARED_DATA points elsewhere.
 SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
