@@ -22,7 +22,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # linear head instead of the 3M-param flatten head, and dropout + stochastic depth
     # because ~30 users is little data.
     "tiny": dict(patch=4, joint_axes=True, embed_kernel=8, pos_embed="none", dims=(64, 96, 128), depths=(1, 1, 1),
-                 head_dim=16, block="prenorm", mlp_ratio=2.0, mlp_conv=3, merge_last=False, pool="mean",
+                 head_dim=16, block="prenorm", mlp_ratio=2.0, mlp_conv=5, merge_last=False, pool="mean",
                  head_hidden=0, drop=0.1, drop_path=0.1),
 }
 
