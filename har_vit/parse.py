@@ -141,7 +141,7 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
                 warnings.simplefilter("ignore", RuntimeWarning)
                 df = pd.read_csv(io.BytesIO(t), header=None, names=_NAMES6 + ["extra"], sep=",", engine="c",
                                  dtype={"activity": "category", "timestamp": ts_dtype}, skipinitialspace=True,
-                                 skip_blank_lines=True, quoting=3, low_memory=False)
+                                 skip_blank_lines=True, quoting=3, low_memory=False, encoding_errors="replace")
             break
         except (ValueError, pd.errors.ParserError, OverflowError, TypeError):
             continue
@@ -252,7 +252,7 @@ def _parse_fields(data: bytes, t: bytes, arr: np.ndarray, starts: np.ndarray, en
     names = _NAMES6 if nfields == 6 else _NAMES5
     df = pd.read_csv(io.BytesIO(joined), header=None, names=names, sep=",", engine="c",
                      dtype=str, keep_default_na=False, skipinitialspace=True, skip_blank_lines=False,
-                     quoting=3, low_memory=False)
+                     quoting=3, low_memory=False, encoding_errors="replace")
     if len(df) != len(starts):  # pragma: no cover - would be a bug in the splitting above
         raise DataError(f"internal parse mismatch: {len(df)} rows for {len(starts)} records")
     reason = np.full(len(df), "", dtype=object)

@@ -113,3 +113,12 @@ def test_property_parser_never_loses_or_raises(parts):
 def test_property_binary_garbage(data):
     r = parse_bytes(data, LABELS)
     assert r.kept + len(r.quarantine) == r.total
+
+
+def test_invalid_utf8_bytes_are_quarantined_not_raised():
+    data = (b"1,Walk\xf0\x28ing,100,1,2,3;\n1,Walking,200,1\xff,2,3;\n1,Walking,300,1,2,3;\n"
+            + b"7,\xf0\x9f\x98,1,2,3,4;\n")
+    for fn in (parse_bytes, parse_bytes_robust):
+        r = fn(data, {"Walking": 0})
+        assert (r.total, r.kept) == (4, 1)
+        assert r.reasons() == {R_LABEL: 2, R_NONNUM: 1}
