@@ -193,8 +193,10 @@ def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
     from har_vit.config import build
 
     cfg = build(stage.TrainConfig, *_layers(kw))
+    import os
+
     m = stage.run(cfg, in_dir, out, resume=resume)
-    if m:  # None on non-zero ranks of a distributed run
+    if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; rank 0 speaks
         click.echo(f"train: {m['model']} on {m['device']}, best val macro F1 {m['best_val_macro_f1']:.4f} "
                    f"(epoch {m['best_epoch']}) -> {out}")
 
