@@ -71,7 +71,7 @@ RUNTIME_ONLY = ("device", "compile", "threads", "progress", "eval_batch_size")
 class TrainConfig:
     """Everything that defines a training run. Defaults: AdamW, warm-up + cosine, subject split."""
 
-    model: str = "seed"  # a registered variant (har_vit.model.list_models())
+    model: str = "tiny"  # a registered variant (har_vit.model.list_models()); "seed" is the article's network
     epochs: int = 30
     batch_size: int = 128  # global batch; under torchrun each rank takes batch_size // world
     lr: float = 5e-4
