@@ -1,6 +1,6 @@
 """The model package: every registered variant, the article's exact seed network, layers.
 
-Run: ``pytest tests/test_model.py -q`` (about half a minute on a 2-core CPU).
+Run: ``pytest tests/test_model.py -q`` (10-45 s on the shared 2-core CPU).
 """
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from har_vit.errors import UsageError
 from har_vit.model import HarViT, ViTConfig, count_flops, create_model, list_models
 from har_vit.model.layers import Attention, PatchMerge1d
 
-torch.set_num_threads(1)
-
 SEED_PARAMS = 4_367_366  # the article, at 128 x 3 input and 6 classes
 ARTICLE_FLOPS = 58.56e6
 MODELS = list_models()
@@ -26,7 +24,7 @@ quiet_deprecation = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 @pytest.fixture(scope="module")
 def seed_model() -> HarViT:
-    return create_model("seed")
+    return create_model("seed").eval()
 
 
 def _model(name: str, **kwargs) -> HarViT:
@@ -127,7 +125,7 @@ def test_seed_attention_is_within_each_axis(seed_model):
     y = x.clone()
     y[..., 2] += 1.0
     with torch.no_grad():
-        fx, fy = seed_model.eval().forward_features(x), seed_model.forward_features(y)
+        fx, fy = seed_model.forward_features(x), seed_model.forward_features(y)
     torch.testing.assert_close(fx[:, :2], fy[:, :2])
     assert not torch.allclose(fx[:, 2], fy[:, 2])
 
