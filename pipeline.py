@@ -58,6 +58,7 @@ def opts_train(f: Callable) -> Callable:
     f = click.option("--test-users", type=int, multiple=True, help="subject split: these users are the test set.")(f)
     f = click.option("--fold", type=int, help="loso split: index of the held-out user.")(f)
     f = click.option("--seed", type=int, help="Random seed for split, init and shuffling [0].")(f)
+    f = click.option("--threads", type=int, help="CPU threads for torch [torch's default].")(f)
     return click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to train [auto: CUDA when present].")(f)
 
 
