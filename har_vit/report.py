@@ -346,7 +346,8 @@ def model_section(chain: Chain) -> list[Block]:
                                          f"tensors copied, {init.get('tensors_new')} new (head); frozen for "
                                          f"{cfg.get('freeze_epochs', 0)} epochs"))
     if aug:
-        rows.append(("augmentation", ", ".join(f"{k} {v}" for k, v in aug.items() if v and k not in ("p",)) or DASH))
+        strengths = ("jitter", "scale", "rotate", "time_warp", "mixup", "cutmix", "erase")
+        rows.append(("augmentation", ", ".join(f"{k} {aug[k]}" for k in strengths if aug.get(k)) or DASH))
     blocks: list[Block] = [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
     if cfg:
         blocks.append(Table(("option", "value"), [(str(k), str(v)) for k, v in cfg.items()],
