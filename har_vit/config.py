@@ -51,5 +51,10 @@ def build(cls: type[T], *layers: Mapping[str, Any] | None) -> T:
         raise UsageError(f"bad {cls.__name__} option: {e}") from None
 
 
+def choice_errors(**given: tuple[Any, tuple[str, ...]]) -> list[str]:
+    """Messages for options whose value is not among its choices: ``choice_errors(device=(v, DEVICES))``."""
+    return [f"{k} '{v}' is not one of {', '.join(ch)}" for k, (v, ch) in given.items() if v not in ch]
+
+
 def as_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)

@@ -48,7 +48,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from har_vit import efficiency, plots
 from har_vit.checkpoint import load_model, normalise
-from har_vit.config import as_dict
+from har_vit.config import as_dict, choice_errors
 from har_vit.errors import ArtefactError, UsageError
 from har_vit.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
                         write_text)
@@ -72,11 +72,7 @@ class EvalConfig:
     skip_latency: bool = False  # params, FLOPs and metrics only (tests, quick looks)
 
     def __post_init__(self) -> None:
-        bad = []
-        if self.device not in ("auto", "cuda", "cpu"):
-            bad.append(f"device '{self.device}' is not one of auto, cuda, cpu")
-        if self.which not in ("best", "last"):
-            bad.append(f"which '{self.which}' is not one of best, last")
+        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")))
         if self.latency_repeats < efficiency.MIN_REPEATS:
             bad.append(f"latency_repeats {self.latency_repeats} < {efficiency.MIN_REPEATS}; "
                        "use skip_latency for a quick run instead")

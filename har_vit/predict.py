@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from har_vit.checkpoint import load_model, normalise
-from har_vit.config import as_dict
+from har_vit.config import as_dict, choice_errors
 from har_vit.efficiency import device_label, resolve_device
 from har_vit.errors import ArtefactError, DataError, UsageError
 from har_vit.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
@@ -59,11 +59,7 @@ class PredictConfig:
     which: str = "best"  # checkpoint of the run: best | last
 
     def __post_init__(self) -> None:
-        bad = []
-        if self.device not in ("auto", "cuda", "cpu"):
-            bad.append(f"device '{self.device}' is not one of auto, cuda, cpu")
-        if self.which not in ("best", "last"):
-            bad.append(f"which '{self.which}' is not one of best, last")
+        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")))
         if self.batch_size < 1:
             bad.append(f"batch_size must be >= 1 (got {self.batch_size})")
         if bad:
