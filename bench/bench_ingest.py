@@ -13,7 +13,6 @@ artefacts (npz, sha256 of the inputs) is timed separately as ``ingest_stage_s``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -95,7 +94,7 @@ def test_kill9_during_data_stages_never_leaves_a_good_looking_half(tmp_path, sta
 
 
 def test_kill9_during_report_leaves_old_or_complete_pages(tmp_path, windows_dir):
-    from har_vit import evaluate, report, train
+    from har_vit import evaluate, train
     rng = make_rng()
     m = tmp_path / "m"
     train.run(train.TrainConfig(model="tiny", epochs=1, batch_size=32, progress=False), windows_dir, m)
