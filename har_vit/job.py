@@ -5,13 +5,13 @@ before wrote (through its manifest), so the job is the stages called in order.
 """
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from har_vit.config import as_dict, build
 from har_vit.io import write_json
+from har_vit.runid import new_run_id
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Calla
     win_cfg = build(windows.WindowConfig, *layers)
     train_cfg = build(train.TrainConfig, *layers)
     eval_cfg = build(evaluate.EvalConfig, *layers)
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    run_id = run_id or f"{stamp}-{ing_cfg.dataset}-{train_cfg.model}-{train_cfg.split}"
+    run_id = run_id or new_run_id(ing_cfg.dataset, train_cfg.model, train_cfg.split)
     out = Path(_pick("out", Path("runs") / run_id, *layers))
     reports_dir = Path(_pick("reports_dir", "reports", *layers))
     out.mkdir(parents=True, exist_ok=True)

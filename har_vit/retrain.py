@@ -14,7 +14,6 @@ until the final atomic pointer switch, and an exit code that says what happened:
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import numpy as np
 
 from har_vit.errors import HarVitError
 from har_vit.io import sha256_file
+from har_vit.runid import new_run_id
 from har_vit.registry import Registry
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
@@ -107,8 +107,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
             reg.append_history({"status": "skipped", "reason": "data and config unchanged", **base})
             return RetrainResult("skipped", msg)
 
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        run_id = f"{stamp}-retrain-{cfgs['train']['model']}"
+        run_id = new_run_id("retrain", cfgs["train"]["model"])
         try:
             res = job.run(layers[0], {k: v for layer in layers[1:] for k, v in layer.items()}, echo=echo, run_id=run_id)
             stored = reg.store(res.model_dir, run_id, data_hash=dhash, config_hash=chash,

@@ -31,12 +31,10 @@ import io
 import json
 import math
 import random
-import secrets
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -54,6 +52,7 @@ from har_vit.distributed import DistContext
 from har_vit.efficiency import device_label, resolve_device
 from har_vit.errors import UsageError
 from har_vit.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
+from har_vit.runid import new_run_id
 from har_vit.model import create_model, list_models
 from har_vit.objective import Objective, load_init, load_teacher, set_frozen
 from har_vit.splits import PROTOCOLS, Split, make_split
@@ -445,12 +444,6 @@ def write_history(out: Path, history: list[dict[str, Any]]) -> None:
     write_text(out / "history.csv", buf.getvalue())
 
 
-def make_run_id(cfg: TrainConfig) -> str:
-    """``<UTC yyyymmdd-HHMMSS>-<model>-<split>-s<seed>-<4 hex>``; the random tail keeps same-second runs apart."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{cfg.model}-{cfg.split}-s{cfg.seed}-{secrets.token_hex(2)}"
-
-
 # --- the stage -------------------------------------------------------------------------------------
 
 
@@ -540,7 +533,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     else:
         loss_fn = make_loss(cfg, weights)
 
-    state = RunState(make_run_id(cfg))
+    state = RunState(new_run_id(cfg.model, cfg.split, f"s{cfg.seed}"))
     if resume:
         ckpt = load_checkpoint(last_path)  # ArtefactError when corrupt
         check_resumable(ckpt, cfg, device, data, last_path)

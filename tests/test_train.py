@@ -16,6 +16,7 @@ import torch
 from har_vit.checkpoint import load_model, normalise
 from har_vit.errors import ArtefactError, UsageError
 from har_vit.io import read_manifest, verify_outputs
+from har_vit.runid import PATTERN
 from har_vit.train import TrainConfig, fit_norm, inverse_frequency, lr_factor, run
 from har_vit.windows import WindowConfig, import_npz, load_windows
 
@@ -86,7 +87,7 @@ def test_run_folder_holds_the_contract(trained, windows):
         assert key in manifest, key
     assert manifest["device"] == "cpu" and manifest["model"] == "tiny" and manifest["epochs_run"] == 2
     assert manifest["inputs"]["upstream"] == str(windows.resolve())
-    assert manifest["run_id"].split("-")[2:5] == ["tiny", "subject", "s0"]
+    assert PATTERN.match(manifest["run_id"]) and manifest["run_id"].split("-")[4:7] == ["tiny", "subject", "s0"]
     assert {"protocol", "leaky", "description", "n_train", "n_val", "n_test", "test_users"} <= manifest["split"].keys()
     assert manifest["windows_per_s"] > 0 and manifest["train_seconds"] > 0
 
