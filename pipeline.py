@@ -81,7 +81,7 @@ def opts_levers(f: Callable) -> Callable:
         ("--distill", click.Choice(["soft", "hard"]), "Distillation targets [soft: KL at a temperature]."),
         ("--distill-alpha", float, "Weight of the distillation term [0.5]."),
         ("--distill-temperature", float, "Softmax temperature of soft distillation [4]."),
-        ("--init", str, "Start from this trained run's weights (its head is replaced)."),
+        ("--init", str, "Start from this trained run's weights, or a state_dict saved by the article's code (the head is replaced)."),
         ("--freeze-epochs", int, "With --init: keep the copied layers frozen this many epochs."),
         ("--label-smoothing", float, "Label smoothing of the cross-entropy."),
         ("--patience", int, "Early stopping: epochs without a better validation macro F1."),

@@ -43,9 +43,30 @@ def _run_checkpoint(run: str, what: str) -> tuple[Path, dict[str, Any]]:
 # --- warm start ---------------------------------------------------------------------------------------
 
 
+def _article_checkpoint(run: str) -> tuple[Path, dict[str, Any]] | None:
+    """A state_dict saved from the article's own code, as a checkpoint dict; None for anything else."""
+    from har_vit.model import from_article_state_dict, is_article_state_dict
+
+    p = Path(run)
+    if not p.is_file():
+        return None
+    try:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception:
+        return None  # not loadable as plain tensors: let the checkpoint loader name the problem
+    if not is_article_state_dict(sd):
+        return None
+    model = from_article_state_dict(sd)
+    return p, {"model_name": "seed (article weights)", "model": model.state_dict()}
+
+
 def load_init(model: nn.Module, run: str) -> dict[str, Any]:
-    """Copy the matching, non-head tensors of ``run``'s best model into ``model``; returns what was done."""
-    path, ckpt = _run_checkpoint(run, "init")
+    """Copy the matching, non-head tensors of ``run``'s best model into ``model``; returns what was done.
+
+    ``run`` is a trained run folder, its ``best.pt``, or a state_dict saved from the
+    article's own code (``torch.save(model.state_dict(), path)``), converted on load.
+    """
+    path, ckpt = _article_checkpoint(run) or _run_checkpoint(run, "init")
     own = model.state_dict()
     copied, skipped = [], []
     for name, t in ckpt["model"].items():

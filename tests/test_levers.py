@@ -92,3 +92,20 @@ def test_bad_lever_options():
         TrainConfig(rotate=-5)
     with pytest.raises(UsageError, match="distill"):
         TrainConfig(distill="warm")
+
+
+def test_init_from_the_articles_own_weights(tmp_path, wdir):
+    """A state_dict saved by the article's code warm-starts seed: every non-head tensor copied as converted."""
+    from article_reference import ArticleViT
+    from har_vit.model import from_article_state_dict
+
+    torch.manual_seed(7)
+    article = ArticleViT(window=32)  # the fixture windows are 32 samples long
+    torch.save(article.state_dict(), tmp_path / "article.pt")
+    want = from_article_state_dict(article.state_dict()).state_dict()
+    cfg = TrainConfig(**{**BASE, "model": "seed", "epochs": 1}, init=str(tmp_path / "article.pt"), freeze_epochs=1)
+    m = run(cfg, wdir, tmp_path / "ft")
+    got = _weights(tmp_path / "ft" / "last.pt")
+    body = [k for k in want if not k.startswith("head.")]
+    assert _equal(want, got, body)  # frozen for its one epoch: exactly the article's weights
+    assert m["init"]["model"] == "seed (article weights)" and m["init"]["tensors_copied"] == len(body)

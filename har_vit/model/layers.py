@@ -115,20 +115,20 @@ class DropPath(nn.Module):
 
 
 class SeedBlock(nn.Module):
-    """The article's block: ``relu(x + attn(norm(x)))``.
+    """The article's block: ``relu(x + norm(attn(x)))``.
 
-    No MLP sublayer, and a ReLU applied after the residual sum (a quirk kept on
-    purpose so the ``seed`` variant matches the published network).
+    Post-norm on the projected attention, no norm before attention and no MLP
+    sublayer, then a ReLU after the residual sum: the published network's order.
     """
 
     def __init__(self, dim: int, heads: int, drop: float = 0.0, drop_path: float = 0.0):
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, attn_drop=drop, proj_drop=drop)
+        self.norm = nn.LayerNorm(dim)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(x + self.drop_path(self.attn(self.norm(x))))
+        return F.relu(x + self.drop_path(self.norm(self.attn(x))))
 
 
 class Block(nn.Module):
@@ -149,19 +149,25 @@ class Block(nn.Module):
 
 
 class PatchMerge1d(nn.Module):
-    """Halve the number of patches: concatenate neighbours in time, norm, project.
+    """Halve the number of patches: concatenate neighbours in time, then norm and project.
 
     An odd patch count is first zero-padded by one patch at the end, so ``N`` patches
-    become ``ceil(N / 2)``.
+    become ``ceil(N / 2)``. ``norm_first=True`` (Swin's order) computes
+    ``Linear(LayerNorm(2D))``; ``norm_first=False`` is the article's order,
+    ``relu(LayerNorm(Linear(2D)))``.
 
     >>> PatchMerge1d(8, 16)(torch.zeros(2, 5, 8)).shape
     torch.Size([2, 3, 16])
+    >>> PatchMerge1d(8, 16, norm_first=False).norm.normalized_shape
+    (16,)
     """
 
-    def __init__(self, dim: int, out_dim: int | None = None):
+    def __init__(self, dim: int, out_dim: int | None = None, norm_first: bool = True):
         super().__init__()
-        self.norm = nn.LayerNorm(2 * dim)
-        self.reduction = nn.Linear(2 * dim, out_dim or dim)
+        out_dim = out_dim or dim
+        self.norm_first = norm_first
+        self.reduction = nn.Linear(2 * dim, out_dim)
+        self.norm = nn.LayerNorm(2 * dim if norm_first else out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
@@ -169,4 +175,6 @@ class PatchMerge1d(nn.Module):
         # exported graphs stay valid without a Python branch.
         x = F.pad(x, (0, 0, 0, N % 2))  # (B, N + N % 2, D)
         x = x.reshape(B, -1, 2 * D)  # (B, ceil(N/2), 2D): [x_2i, x_2i+1] side by side
-        return self.reduction(self.norm(x))
+        if self.norm_first:
+            return self.reduction(self.norm(x))
+        return F.relu(self.norm(self.reduction(x)))

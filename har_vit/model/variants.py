@@ -12,11 +12,15 @@ from har_vit.errors import UsageError
 from har_vit.model.vit import HarViT, ViTConfig, config_fields
 
 VARIANTS: dict[str, dict[str, Any]] = {
-    # The article's network, quirks kept: per-axis patches, attention-only blocks with
-    # a ReLU after the residual, a merge after every stage and a 3072 -> 1024 -> classes
-    # flatten head. 4,367,366 params at 128 x 3, 6 classes.
+    # The article's network, quirks kept: per-axis patches with a zero-initialised
+    # position embedding, attention-only post-norm blocks relu(x + LN(W attn(x))), a
+    # Linear -> LN -> ReLU merge after every stage, no norm before the flatten and a
+    # 3072 -> 1024 (LN, ReLU) -> classes head; PyTorch's default init. 4,367,366 params
+    # at 128 x 3, 6 classes. tests/test_article.py checks it against a reference written
+    # from the article's description, weight for weight.
     "seed": dict(patch=4, joint_axes=False, dims=(256, 256, 256), depths=(1, 1, 1), head_dim=64,
-                 block="seed", merge_last=True, pool="flatten", head_hidden=1024),
+                 block="seed", merge="article", merge_last=True, final_norm=False, pool="flatten",
+                 head_hidden=1024, head_norm=True, init="torch"),
     # 6.5% of seed's params, 6.6% of its FLOPs. Tokens mix all axes (phone orientation
     # varies, so one axis alone is a poor unit); overlapping patches and no absolute
     # position embedding (an activity looks the same wherever in the window it starts);
@@ -26,8 +30,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # ablation with users 29-36 held out, mean pooling, dropping the position embedding
     # and the MLP conv each added accuracy; a conv stem before patching did not.
     "tiny": dict(patch=4, joint_axes=True, embed_kernel=8, pos_embed="none", dims=(64, 96, 128), depths=(1, 1, 1),
-                 head_dim=16, block="prenorm", mlp_ratio=2.0, mlp_conv=5, merge_last=False, pool="mean",
-                 head_hidden=0, drop=0.1, drop_path=0.1),
+                 head_dim=16, block="prenorm", mlp_ratio=2.0, mlp_conv=5, merge="prenorm", merge_last=False,
+                 final_norm=True, pool="mean", head_hidden=0, head_norm=False, init="vit", drop=0.1, drop_path=0.1),
 }
 
 

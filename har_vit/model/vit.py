@@ -26,6 +26,8 @@ from har_vit.model.layers import Block, PatchEmbed, PatchMerge1d, SeedBlock
 BLOCK_KINDS = ("seed", "prenorm")
 POOLS = ("flatten", "mean")
 POS_EMBEDS = ("learned", "none")
+MERGES = ("article", "prenorm")
+INITS = ("torch", "vit")
 
 
 @dataclass(frozen=True)
@@ -42,12 +44,16 @@ class ViTConfig:
     dims: tuple[int, ...] = (256, 256, 256)  # embedding dim of each stage
     depths: tuple[int, ...] = (1, 1, 1)  # blocks per stage
     head_dim: int = 64  # heads = dim // head_dim
-    block: str = "seed"  # "seed": relu(x + attn(norm(x))); "prenorm": attention + MLP, pre-norm
+    block: str = "seed"  # "seed": relu(x + norm(attn(x))) (article); "prenorm": attention + MLP, pre-norm
     mlp_ratio: float = 2.0  # MLP hidden = ratio * dim ("prenorm" blocks only)
     mlp_conv: int = 0  # odd kernel of a depthwise conv over time inside the MLP; 0: none
+    merge: str = "article"  # "article": relu(LN(Linear(2D))); "prenorm": Linear(LN(2D)) (Swin)
     merge_last: bool = True  # merge after the final stage too (the article does)
+    final_norm: bool = False  # LayerNorm on the final tokens before the head (the article has none)
     pool: str = "flatten"  # "flatten": concat every final token (article); "mean": average them
-    head_hidden: int = 1024  # hidden units of the head (ReLU); 0 for a single Linear
+    head_hidden: int = 1024  # hidden units of the head; 0 for a single Linear
+    head_norm: bool = True  # LayerNorm between the head's hidden Linear and its ReLU (article)
+    init: str = "torch"  # "torch": PyTorch's default init, zero position embedding (article); "vit": trunc-normal
     drop: float = 0.0  # dropout in attention, MLP and head
     drop_path: float = 0.0  # stochastic depth, rising linearly to this over the blocks
 
@@ -72,6 +78,10 @@ class ViTConfig:
             bad.append(f"pos_embed '{self.pos_embed}' is not one of {POS_EMBEDS}")
         if self.block not in BLOCK_KINDS:
             bad.append(f"block '{self.block}' is not one of {BLOCK_KINDS}")
+        if self.merge not in MERGES:
+            bad.append(f"merge '{self.merge}' is not one of {MERGES}")
+        if self.init not in INITS:
+            bad.append(f"init '{self.init}' is not one of {INITS}")
         if self.pool not in POOLS:
             bad.append(f"pool '{self.pool}' is not one of {POOLS}")
         if not (0.0 <= self.drop < 1.0 and 0.0 <= self.drop_path < 1.0):
@@ -121,20 +131,24 @@ class HarViT(nn.Module):
         for i, (dim, depth) in enumerate(zip(cfg.dims, cfg.depths)):
             stage = nn.Sequential(*[self._block(dim, next(dpr)) for _ in range(depth)])
             if i < len(out_dims):
-                stage.append(PatchMerge1d(dim, out_dims[i]))
+                stage.append(PatchMerge1d(dim, out_dims[i], norm_first=cfg.merge == "prenorm"))
             self.stages.append(stage)
-        self.norm = nn.LayerNorm(cfg.dims[-1])
+        self.norm = nn.LayerNorm(cfg.dims[-1]) if cfg.final_norm else nn.Identity()
 
         if cfg.head_hidden:
+            hidden_norm = nn.LayerNorm(cfg.head_hidden) if cfg.head_norm else nn.Identity()
             self.head = nn.Sequential(
-                nn.Linear(cfg.head_in, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.drop),
+                nn.Linear(cfg.head_in, cfg.head_hidden), hidden_norm, nn.ReLU(), nn.Dropout(cfg.drop),
                 nn.Linear(cfg.head_hidden, cfg.num_classes),
             )
         else:
             self.head = nn.Sequential(nn.Dropout(cfg.drop), nn.Linear(cfg.head_in, cfg.num_classes))
-        self.apply(_init_weights)
-        if self.pos_embed is not None:
-            nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if cfg.init == "vit":
+            self.apply(_init_weights)
+            if self.pos_embed is not None:
+                nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        # init == "torch": every layer keeps PyTorch's default init and the position
+        # embedding starts at zero, as the article's code does.
 
     def _block(self, dim: int, drop_path: float) -> nn.Module:
         heads = dim // self.cfg.head_dim
@@ -144,7 +158,7 @@ class HarViT(nn.Module):
                      conv_kernel=self.cfg.mlp_conv)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Windows ``(B, T, C)`` -> normalised final tokens ``(B, G, N', D)``."""
+        """Windows ``(B, T, C)`` -> final tokens ``(B, G, N', D)`` (normalised when ``final_norm``)."""
         T, C = self.cfg.window, self.cfg.channels
         # A shape check, not data-dependent flow; skipped under jit.trace, which would
         # record the shapes as tensors and warn.
