@@ -149,7 +149,10 @@ class Augmenter:
             raise ValueError(f"expected float windows (B, T, {self.channels}), got {x.dtype} {tuple(x.shape)}")
         if y.shape != x.shape[:1]:
             raise ValueError(f"expected labels (B,) = ({x.shape[0]},), got {tuple(y.shape)}")
-        if gen.device != x.device:
+        # By type (and index where both name one): a generator made on "cuda" reports
+        # device "cuda" while the batch is on "cuda:0", which is the same device.
+        g, d = gen.device, x.device
+        if g.type != d.type or (g.index is not None and d.index is not None and g.index != d.index):
             raise ValueError(f"the generator is on {gen.device} but the batch is on {x.device}; "
                              "make it with torch.Generator(device=x.device)")
         B, T, C = x.shape

@@ -38,7 +38,9 @@ MIN_REPEATS = 100  # fewer timed runs make the p90 a statement about two or thre
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
-    """``(total, trainable)`` parameter counts."""
+    """``(total, trainable)`` parameter counts (a model's own ``num_params`` first: a forest's are buffers)."""
+    if hasattr(model, "num_params"):
+        return int(model.num_params()), int(model.num_params(trainable_only=True))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable

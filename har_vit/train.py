@@ -54,6 +54,7 @@ from har_vit.errors import UsageError
 from har_vit.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
 from har_vit.runid import new_run_id
 from har_vit.model import create_model, list_models
+from har_vit.model.variants import CLASSICAL
 from har_vit.objective import Objective, load_init, load_teacher, set_frozen
 from har_vit.splits import PROTOCOLS, Split, make_split
 from har_vit.windows import WINDOWS, load_windows
@@ -502,6 +503,8 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out folder")
 
     data = prepare_data(cfg, windows_dir, ctx, device)
+    if cfg.model in CLASSICAL:
+        return _fit_classical(cfg, windows_dir, out, data, ctx, device)
     n_train, T, C = data.X_train.shape
     steps = n_train // cfg.batch_size  # the last partial batch is dropped (see the module docstring)
 
@@ -613,6 +616,39 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
                   "teacher": teacher.info if teacher else None, "init": init_info}
         _write_manifest(cfg, out, windows_dir, data, model, device, ctx, state, levers)
     distributed.barrier(ctx)  # the other ranks return once the run folder is complete
+    return read_manifest(out, "train")
+
+
+def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, ctx: DistContext,
+                   device: torch.device) -> dict[str, Any]:
+    """``--model rf``: fit the forest on the train split in one go; the run folder has the networks' contract."""
+    from har_vit.model.forest import fit_forest
+
+    if ctx.enabled:
+        raise UsageError("--model rf fits on one process; run it without torchrun")
+    t0 = time.perf_counter()
+    model = fit_forest(data.X_train, data.y_train.cpu().numpy(), len(data.class_names), cfg.seed,
+                       threads=cfg.threads)
+    fit_s = time.perf_counter() - t0
+    row = {"epoch": 1, "lr": 0.0, "train_loss": float("nan"), "train_acc": float("nan"),
+           **evaluate_split(model, data.X_val.cpu(), data.y_val.cpu(), cfg.eval_batch_size, torch.device("cpu"))}
+    row.update(seconds=time.perf_counter() - t0, windows_per_s=data.X_train.shape[0] / fit_s)
+    state = RunState(new_run_id(cfg.model, cfg.split, f"s{cfg.seed}"), epoch=1, history=[row],
+                     best={"epoch": 1, "val_macro_f1": row["val_macro_f1"]}, train_seconds=row["seconds"])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+    save_npz(out / "split.npz", train=data.split.train, val=data.split.val, test=data.split.test)
+    light = {"model_name": model.name, "model_kwargs": model.kwargs, "class_names": data.class_names,
+             "norm": data.norm, "train_config": as_dict(cfg), "device_type": "cpu",
+             "windows_sha256": data.windows_entry["sha256"], "model": model.state_dict(), "epoch": 1,
+             "val": {k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
+    save_checkpoint(out / "best.pt", light)
+    write_history(out, state.history)
+    save_checkpoint(out / "last.pt", {**light, **state.to_ckpt()})
+    print(f"har_vit train: rf fitted on {data.X_train.shape[0]} train windows in {fit_s:.1f} s on the CPU; "
+          f"val macro F1 {row['val_macro_f1']:.4f}", file=sys.stderr)
+    _write_manifest(cfg, out, windows_dir, data, model, torch.device("cpu"), ctx, state,
+                    {"augment": None, "teacher": None, "init": None})
     return read_manifest(out, "train")
 
 

@@ -28,7 +28,7 @@ from test_predict import C, T, build_run, one_thread  # noqa: F401 (autouse fixt
 def runs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
     out = {}
-    for name in list_models():
+    for name in list_models(classical=False):
         (root / name).mkdir()
         out[name] = build_run(root / name, model_name=name)
     return out
@@ -53,7 +53,7 @@ def _load(path: Path, fmt: str):
     return lambda x: sess.run(None, {"windows": x})[0]
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models(classical=False))
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_export_matches_pytorch_for_every_variant(runs, tmp_path, name, fmt):
     run_dir = runs[name]

@@ -17,7 +17,7 @@ from har_vit.model import HarViT, ViTConfig, count_flops, create_model, list_mod
 from har_vit.model.layers import Attention, PatchMerge1d
 
 ARTICLE_FLOPS = 58.56e6
-MODELS = list_models()
+MODELS = list_models(classical=False)  # networks; the forest has tests of its own
 # torch.jit.trace and the TorchScript ONNX exporter are deprecated in recent torch, but
 # users still trace and export models with them: test them quietly.
 quiet_deprecation = pytest.mark.filterwarnings("ignore::DeprecationWarning")

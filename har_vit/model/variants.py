@@ -35,9 +35,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def list_models() -> list[str]:
-    """Names of the registered variants, sorted."""
-    return sorted(VARIANTS)
+# Models fitted by scikit-learn rather than trained by gradient (har_vit.model.forest): the
+# baseline a user would pick instead, run through the same splits, evaluate and report.
+CLASSICAL = ("rf",)
+
+
+def list_models(classical: bool = True) -> list[str]:
+    """Names of the registered network variants, sorted, then the classical baselines (unless ``classical=False``)."""
+    return sorted(VARIANTS) + (list(CLASSICAL) if classical else [])
 
 
 def create_model(name: str, window: int = 128, channels: int = 3, num_classes: int = 6, **overrides: Any) -> HarViT:
@@ -52,6 +57,8 @@ def create_model(name: str, window: int = 128, channels: int = 3, num_classes: i
     >>> m(torch.zeros(2, 64, 6)).shape
     torch.Size([2, 18])
     """
+    if name in CLASSICAL:
+        return _forest(window, channels, num_classes, **overrides)
     if name not in VARIANTS:
         raise UsageError(f"unknown model '{name}'; known models: {', '.join(list_models())}")
     unknown = sorted(set(overrides) - set(config_fields()))
@@ -65,3 +72,16 @@ def create_model(name: str, window: int = 128, channels: int = 3, num_classes: i
     model.kwargs = {**shape, **{k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()}}
     return model
 
+
+
+def _forest(window: int, channels: int, num_classes: int, **fitted: Any):
+    """An unfitted-shape forest; ``fitted`` (trees, nodes, depth) comes from a checkpoint's model_kwargs."""
+    from har_vit.model.forest import ForestClassifier, ForestConfig
+
+    unknown = sorted(set(fitted) - {"trees", "nodes", "depth"})
+    if unknown:
+        raise UsageError(f"unknown model option(s) {unknown} for 'rf'; valid options: trees, nodes, depth")
+    model = ForestClassifier(ForestConfig(window, channels, num_classes, **fitted))
+    model.name = "rf"
+    model.kwargs = {"window": window, "channels": channels, "num_classes": num_classes, **fitted}
+    return model
