@@ -84,7 +84,7 @@ def opts_levers(f: Callable) -> Callable:
         ("--init", str, "Start from this trained run's weights, or a state_dict saved by the article's code (the head is replaced)."),
         ("--freeze-epochs", int, "With --init: keep the copied layers frozen this many epochs."),
         ("--label-smoothing", float, "Label smoothing of the cross-entropy."),
-        ("--patience", int, "Early stopping: epochs without a better validation macro F1."),
+        ("--patience", int, "Early stopping: epochs without a better validation macro F1 [10]; 0 turns it off."),
     ]):
         f = click.option(name, type=kind, help=text)(f)
     return f

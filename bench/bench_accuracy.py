@@ -1,36 +1,43 @@
 #!/usr/bin/env python
-"""Test accuracy and macro F1 on the real WISDM v1.1 windows, per variant, protocol and seed.
+"""Accuracy on real data, one protocol per row, one results file: ``bench/results/accuracy.json``.
 
-Every cell is the real trainer (``har_vit.train.run``: model selection on the
-validation split only) followed by scikit-learn metrics of ``best.pt`` on the run's
-test split:
+Each row is ``{model, recipe, protocol, device, dtype, epochs, seeds, per_seed,
+accuracy_mean, accuracy_std, macro_f1_mean, macro_f1_std, command}``; ``per_seed`` lists
+``{seed, fold, accuracy, macro_f1}`` (``fold`` null outside CV) and ``command`` reproduces
+the row. Networks and ``rf`` run through the real trainer (``har_vit.train.run``: model
+selection on validation users only) and are scored on the test split with scikit-learn;
+``minirocket`` (aeon's MiniRocket features + ridge, the strongest non-deep baseline; needs
+``pip install aeon``) is fitted on the same training windows.
 
-- ``random``: random windows 70/10/20 (LEAKY: the same users on both sides);
-- ``subject``: users 29-36 are the test set; validation users are drawn from the rest
-  by the seed, the remaining users train.
+Protocols:
 
-Each (model, protocol) is repeated over ``--seeds`` (split, init, shuffling and
-dropout all follow the seed) and reported as mean, std, min and max. Results are
-written after every run, so an interrupted grid keeps what finished; ``--append``
-adds this invocation's runs to an existing JSON (e.g. a second model with fewer
-epochs), each run recording its own options.
+- ``users29-36``: shared v1.1 windows; users 29-36 are the test set, validation users
+  drawn from the rest by the seed;
+- ``cv6``: shared v1.1 windows, 6-fold cross-validation grouped by user (sorted ids, fold
+  k = users 6k+1..6k+6), every fold for every seed; the row's mean is over folds x seeds;
+- ``random``: shared v1.1 windows, random 70/10/20 (LEAKY: the same users on both sides);
+- ``w2019-subject``: the shared WISDM 2019 phone accelerometer logs (22 users, 18
+  activities) ingested and cut 128/64 by the pipeline, default subject split by seed.
 
-Reference (the article's recipe: AdamW 5e-4, StepLR, batch 128, 30 epochs, CPU), seed
-model: 0.933 accuracy / 0.916 macro F1 random, 0.827 / 0.760 with users 29-36 held out.
-Targets for the best small variant: beat seed on both with <= 10% of its params and
-FLOPs, >= 0.96 random, >= 0.87 on users 29-36.
+Recipes: ``default`` is what ``pipeline.py run`` does with no options; ``article`` is the
+article's training of its network (AdamW 5e-4, StepLR x0.1 every 10 epochs, batch 128,
+30 epochs, no warm-up, no early stopping); ``fit`` marks the classical baselines. Finished
+runs are cached in ``--work``, so an interrupted grid resumes; rows are merged into the
+results file by (model, recipe, protocol, device, dtype, epochs).
 
-    python bench/bench_accuracy.py --models tiny --seeds 0 1 2 --epochs 15 --threads 1
-    python bench/bench_accuracy.py --models seed --seeds 0 --epochs 3 --append
-    python bench/bench_accuracy.py --cv --configs tiny aug mix pretrain combo   # levers, 6-fold CV by user
+    python bench/bench_accuracy.py --models rf minirocket --protocols users29-36 cv6 random w2019-subject
+    python bench/bench_accuracy.py --models tiny --recipe default --protocols users29-36 cv6
+    python bench/bench_accuracy.py --models seed --recipe article --protocols users29-36
+    python bench/bench_accuracy.py --table     # the README's accuracy table, from the results file
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,134 +50,211 @@ from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.io import write_json  # noqa: E402
-from har_vit.model import create_model, list_models  # noqa: E402
-from har_vit.model.vit import count_flops  # noqa: E402
-from har_vit.train import SCHEDULES, TrainConfig, run  # noqa: E402
+from har_vit.model import list_models  # noqa: E402
+from har_vit.train import TrainConfig, fit_norm, run  # noqa: E402
 from har_vit.windows import WindowConfig, import_npz, load_windows  # noqa: E402
 
-DATA = ROOT.parent / "shared" / "data" / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
-TEST_USERS = tuple(range(29, 37))
-REFERENCE = {"model": "seed", "recipe": "article: AdamW 5e-4, StepLR, batch 128, 30 epochs, CPU",
-             "random": {"accuracy": 0.933, "macro_f1": 0.916}, "subject": {"accuracy": 0.827, "macro_f1": 0.760}}
-TARGETS = {"params_frac_of_seed": 0.10, "flops_frac_of_seed": 0.10, "random_accuracy": 0.96, "subject_accuracy": 0.87}
+SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+V11 = SHARED / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
+W2019 = SHARED / "wisdm2019"
+OUT = RESULTS / "accuracy.json"
+PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject")
+LEAKY = {"random"}
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
+                    weight_decay=0.01, batch_size=128, epochs=30, patience=0),
+    "aug": dict(rotate=180.0, scale=0.1, jitter=0.05, time_warp=0.1),
+}
+BASELINES = ("rf", "minirocket")
 
 
-def test_metrics(run_dir: Path, w: dict[str, np.ndarray]) -> dict[str, float]:
-    """Accuracy and macro F1 of the run's best.pt on its test split (scikit-learn)."""
+# --- data -------------------------------------------------------------------------------------------
+
+
+def windows_for(protocol: str, work: Path) -> Path:
+    """The windows folder a protocol reads, built once under ``work``."""
+    if protocol == "w2019-subject":
+        from har_vit import ingest, windows
+
+        out = work / "w2019" / "windows"
+        if not (out / "manifest.json").is_file():
+            cfg = ingest.IngestConfig(dataset="wisdm2019", data_path=str(W2019), progress=False)
+            ingest.run(cfg, work / "w2019" / "ingest")
+            windows.run(WindowConfig(), work / "w2019" / "ingest", out)
+        return out
+    out = work / "v11" / "windows"
+    if not (out / "manifest.json").is_file():
+        import_npz(WindowConfig(), V11, out)
+    return out
+
+
+def jobs(protocol: str, seeds: list[int]) -> list[dict[str, Any]]:
+    """(seed, fold, split options) of every model a row needs."""
+    if protocol == "cv6":
+        return [{"seed": s, "fold": k, "split": "subject", "test_users": tuple(range(6 * k + 1, 6 * k + 7))}
+                for s in seeds for k in range(6)]
+    split = {"users29-36": dict(split="subject", test_users=tuple(range(29, 37))),
+             "random": dict(split="random"), "w2019-subject": dict(split="subject")}[protocol]
+    return [{"seed": s, "fold": None, **split} for s in seeds]
+
+
+# --- one model -------------------------------------------------------------------------------------
+
+
+def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score
 
+    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro"))}
+
+
+def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The real trainer, then the test split of its best.pt."""
+    m = run(cfg, windows, run_dir)
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
     with torch.inference_mode():
         x = normalise(torch.from_numpy(w["X"][test]), ckpt["norm"])
         pred = torch.cat([model(x[i:i + 1024]).argmax(1) for i in range(0, len(x), 1024)]).numpy()
-    y = w["y"][test]
-    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro")),
-            "n_test": int(test.size), "best_epoch": int(ckpt["epoch"])}
+    return {**scores(w["y"][test], pred), "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
+            "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 
 
-def spread(values: list[float]) -> dict[str, float]:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "min": min(values), "max": max(values), "n": len(values)}
+def minirocket_one(cfg: TrainConfig, w: dict[str, np.ndarray], threads: int | None) -> dict[str, Any]:
+    """aeon MiniRocket features (10,000 kernels) + RidgeClassifierCV, fitted on the train split."""
+    from aeon.transformations.collection.convolution_based import MiniRocket
+    from sklearn.linear_model import RidgeClassifierCV
+
+    from har_vit.splits import make_split
+
+    split = make_split(cfg.split, w, seed=cfg.seed, test_users=cfg.test_users or None)
+    norm = fit_norm(w["X"][split.train])
+    def prep(idx: np.ndarray) -> np.ndarray:  # (N, C, T), z-scored with train statistics as the networks see it
+        return normalise(torch.from_numpy(w["X"][idx]), norm).numpy().transpose(0, 2, 1).astype(np.float32)
+
+    t0 = time.perf_counter()
+    rocket = MiniRocket(random_state=cfg.seed, n_jobs=threads or 1)
+    f_train = rocket.fit_transform(prep(split.train))
+    ridge = RidgeClassifierCV(alphas=np.logspace(-3, 3, 10)).fit(f_train, w["y"][split.train])
+    pred = ridge.predict(rocket.transform(prep(split.test)))
+    return {**scores(w["y"][split.test], pred), "train_seconds": round(time.perf_counter() - t0, 1),
+            "device": "cpu", "device_name": machine()["cpu"]}
 
 
-def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and spread per (model, protocol, epochs, recipe)."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in runs:
-        key = (r["model"], r["protocol"], r["config"]["epochs"], r["config"]["schedule"], r["config"]["lr"])
-        groups.setdefault(key, []).append(r)
-    out = []
-    for (model, protocol, epochs, schedule, lr), rs in groups.items():
-        out.append({"model": model, "protocol": protocol, "epochs": epochs, "schedule": schedule, "lr": lr,
-                    "seeds": [r["seed"] for r in rs], "params": rs[0]["params"], "flops": rs[0]["flops"],
-                    "accuracy": spread([r["test"]["accuracy"] for r in rs]),
-                    "macro_f1": spread([r["test"]["macro_f1"] for r in rs]),
-                    "train_seconds": spread([r["train_seconds"] for r in rs])})
+# --- rows ------------------------------------------------------------------------------------------
+
+
+def row_command(model: str, recipe: str, protocol: str, seeds: list[int], epochs: int | None, device: str) -> str:
+    args = ["python", "bench/bench_accuracy.py", "--models", model, "--protocols", protocol,
+            "--seeds", *map(str, seeds)]
+    if model not in BASELINES:
+        args += ["--recipe", recipe] + (["--epochs", str(epochs)] if epochs else []) + (
+            ["--device", device] if device != "auto" else [])
+    return shlex.join(args)
+
+
+def summarise(model: str, recipe: str, protocol: str, runs: list[dict[str, Any]], epochs: int | None,
+              command: str) -> dict[str, Any]:
+    acc, f1 = [r["accuracy"] for r in runs], [r["macro_f1"] for r in runs]
+    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
+    return {
+        "model": model, "recipe": recipe, "protocol": protocol, "leaky": protocol in LEAKY,
+        "device": runs[0]["device"], "device_name": runs[0]["device_name"], "dtype": "float32",
+        "epochs": epochs, "seeds": sorted({r["seed"] for r in runs}),
+        "per_seed": [{k: r[k] for k in ("seed", "fold", "accuracy", "macro_f1")} | (
+            {k: r[k] for k in ("best_epoch", "epochs_run") if k in r}) for r in runs],
+        "accuracy_mean": statistics.fmean(acc), "accuracy_std": sd(acc),
+        "macro_f1_mean": statistics.fmean(f1), "macro_f1_std": sd(f1),
+        "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
+        "command": command, "measured": time.strftime("%Y-%m-%d"), "machine": machine(),
+    }
+
+
+def merge(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    key = lambda r: (r["model"], r["recipe"], r["protocol"], r["device"], r["dtype"], r["epochs"])  # noqa: E731
+    rows = {key(r): r for r in (json.loads(path.read_text()) if path.is_file() else [])}
+    rows.update({key(r): r for r in new})
+    order = {p: i for i, p in enumerate(PROTOCOLS)}
+    out = sorted(rows.values(), key=lambda r: (order.get(r["protocol"], 9), -r["macro_f1_mean"]))
+    write_json(path, out)
     return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The README's accuracy table: one line per row of accuracy.json."""
+    lines = ["| protocol | model | recipe | epochs | seeds x folds | accuracy | macro F1 | device, dtype |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        proto = r["protocol"] + (" (**leaky**)" if r.get("leaky") else "")
+        lines.append(f"| {proto} | `{r['model']}` | {r['recipe']} | {r['epochs'] or '-'} | {len(r['per_seed'])} | "
+                     f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} ± "
+                     f"{r['macro_f1_std']:.4f} | {r['device']}, {r['dtype']} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(DATA), help="the v1.1 windows .npz")
-    ap.add_argument("--models", nargs="+", default=["seed", "tiny"], choices=list_models())
+    ap.add_argument("--models", nargs="+", default=["tiny"], choices=list_models() + ["minirocket"])
+    ap.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="networks only")
+    ap.add_argument("--protocols", nargs="+", default=["users29-36"], choices=PROTOCOLS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--protocols", nargs="+", default=["random", "subject"], choices=["random", "subject"])
+    ap.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     ap.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--schedule", default="cosine", choices=SCHEDULES)
-    ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--warmup-epochs", type=float, default=2.0)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--work", default=None, help="folder for windows and run folders [a temporary one]")
-    ap.add_argument("--out", default=None, help="JSON path [bench/results/accuracy_<models>.json]")
-    ap.add_argument("--append", action="store_true", help="add to the runs already in --out")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "accuracy"), help="cache of windows and runs")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--table", action="store_true", help="print the README table from --out and exit")
     a = ap.parse_args()
-    if not Path(a.data).is_file():
-        print(f"bench_accuracy: SKIPPED: {a.data} not found; pass --data pointing at wisdm_v1.1_windows128.npz "
-              "(see ../shared/data/README.md)")
+    out = Path(a.out)
+    if a.table:
+        print(table(json.loads(out.read_text())))
+        return
+    missing = [p for p in (V11, W2019) if not p.exists()]
+    if missing:
+        print(f"bench_accuracy: SKIPPED: {', '.join(map(str, missing))} not found (see ../shared/data/README.md)")
         return
     if a.threads:
         torch.set_num_threads(a.threads)
-
-    out = Path(a.out) if a.out else RESULTS / f"accuracy_{'_'.join(a.models)}.json"
-    previous = json.loads(out.read_text()) if a.append and out.is_file() else {}
-    runs: list[dict[str, Any]] = list(previous.get("runs", []))
-    invocations = list(previous.get("invocations", [])) + [{"argv": sys.argv[1:], "machine": machine(),
-                                                            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]
-    tmp = tempfile.TemporaryDirectory()
-    work = Path(a.work or tmp.name)
-    windows = work / "windows"
-    if not (windows / "manifest.json").is_file():
-        import_npz(WindowConfig(), a.data, windows)
-    w = load_windows(windows)
-    flops = {m: count_flops(create_model(m), torch.zeros(1, 128, 3))[0] for m in a.models}
-
-    def save() -> None:
-        write_json(out, {"benchmark": "test accuracy / macro F1 on real WISDM v1.1 windows (128 x 3, 7,292)",
-                         "data": str(Path(a.data).resolve()), "reference": REFERENCE, "targets": TARGETS,
-                         "invocations": invocations, "runs": runs, "summary": summarise(runs)})
-
+    work = Path(a.work)
     for protocol in a.protocols:
+        windows = windows_for(protocol, work)
+        w = load_windows(windows)
         for model in a.models:
-            for seed in a.seeds:
-                cfg = TrainConfig(model=model, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, schedule=a.schedule,
-                                  warmup_epochs=a.warmup_epochs, split=protocol, seed=seed,
-                                  test_users=TEST_USERS if protocol == "subject" else (), device=a.device,
-                                  threads=a.threads, progress=False)
-                run_dir = work / f"{model}-{protocol}-s{seed}-e{a.epochs}-{time.time_ns()}"
-                t0 = time.perf_counter()
-                m = run(cfg, windows, run_dir)
-                wall = time.perf_counter() - t0
-                res = test_metrics(run_dir, w)
-                runs.append({"model": model, "protocol": protocol, "seed": seed, "params": m["params"],
-                             "flops": flops[model], "device": m["device"], "device_name": m["device_name"],
-                             "config": m["config"], "split": m["split"], "epochs_run": m["epochs_run"],
-                             "best_val_macro_f1": m["best_val_macro_f1"], "train_seconds": m["train_seconds"],
-                             "wall_s": round(wall, 1), "windows_per_s": m["windows_per_s"], "test": res})
-                save()
-                print(f"{protocol:7s} {model:6s} seed {seed}: acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  "
-                      f"(best epoch {res['best_epoch']}/{a.epochs}, {wall:.0f} s)", flush=True)
-
-    print("\nmodel  protocol epochs seeds   accuracy mean+-std     macro F1 mean+-std   params      FLOPs")
-    for s in summarise(runs):
-        print(f"{s['model']:6s} {s['protocol']:8s} {s['epochs']:>6d} {len(s['seeds']):>5d}   "
-              f"{s['accuracy']['mean']:.4f} +- {s['accuracy']['std']:.4f}     "
-              f"{s['macro_f1']['mean']:.4f} +- {s['macro_f1']['std']:.4f}   {s['params']:>9,} {s['flops']:>10,}")
-    ref = REFERENCE
-    print(f"reference seed ({ref['recipe']}): random {ref['random']['accuracy']} / {ref['random']['macro_f1']}, "
-          f"users 29-36 {ref['subject']['accuracy']} / {ref['subject']['macro_f1']}")
+            recipe = "fit" if model in BASELINES else a.recipe
+            opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
+            runs = []
+            for job in jobs(protocol, a.seeds):
+                tag = f"{model}-{recipe}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{a.device}"
+                cached = work / "runs" / tag / "result.json"
+                if cached.is_file():
+                    runs.append(json.loads(cached.read_text()))
+                    continue
+                cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
+                                     "split": job["split"], "test_users": job.get("test_users", ()),
+                                     "device": a.device, "threads": a.threads, "progress": False})
+                if model == "minirocket":
+                    res = minirocket_one(cfg, w, a.threads)
+                else:
+                    run_dir = work / "runs" / tag / "run"
+                    if run_dir.exists():  # an interrupted run: start it again
+                        import shutil
+                        shutil.rmtree(run_dir)
+                    res = train_one(cfg, windows, run_dir, w)
+                res = {"seed": job["seed"], "fold": job["fold"], **res}
+                write_json(cached, res)
+                runs.append(res)
+                print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
+                      f"acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  ({res['train_seconds']:.0f} s)",
+                      flush=True)
+            epochs = None if model in BASELINES else TrainConfig(**opts).epochs
+            row = summarise(model, recipe, protocol, runs, epochs,
+                            row_command(model, recipe, protocol, a.seeds, a.epochs, a.device))
+            rows = merge(out, [row])
+            print(f"== {protocol} {model} ({recipe}): accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
+                  f"macro F1 {row['macro_f1_mean']:.4f} ± {row['macro_f1_std']:.4f} over {len(runs)} models", flush=True)
+    print(table(rows))
     print(f"-> {out}")
-    tmp.cleanup()
 
 
 if __name__ == "__main__":
-    if "--cv" in sys.argv:  # the levers on unseen people: 6-fold grouped-by-user CV (bench_cv.py)
-        sys.argv.remove("--cv")
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import bench_cv
-
-        bench_cv.main()
-    else:
-        main()
+    main()

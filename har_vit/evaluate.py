@@ -70,9 +70,11 @@ class EvalConfig:
     batch_sizes: tuple[int, ...] = (1, 256)  # latency batch sizes: 1 = one window online, 256 = offline throughput
     threads: int | None = None  # CPU intra-op threads for timing; None = torch.get_num_threads()
     skip_latency: bool = False  # params, FLOPs and metrics only (tests, quick looks)
+    baseline: str = "rf"  # "rf": fit the random-forest baseline on the run's train split and score it beside; "none"
 
     def __post_init__(self) -> None:
-        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")))
+        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")),
+                            baseline=(self.baseline, ("rf", "none")))
         if self.latency_repeats < efficiency.MIN_REPEATS:
             bad.append(f"latency_repeats {self.latency_repeats} < {efficiency.MIN_REPEATS}; "
                        "use skip_latency for a quick run instead")
@@ -229,6 +231,34 @@ def _write_plots(plot_dir: Path, metrics: dict[str, Any], run_dir: Path, train_m
     return out
 
 
+def chance_levels(y_true: np.ndarray, num_classes: int) -> dict[str, float]:
+    """What guessing scores on this test set: uniform over classes, and always the most frequent class."""
+    counts = np.bincount(y_true, minlength=num_classes)
+    return {"uniform_accuracy": 1.0 / num_classes, "majority_accuracy": float(counts.max() / max(1, counts.sum()))}
+
+
+def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str, Any], ckpt: Mapping[str, Any],
+                    test: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """The random-forest baseline fitted on this run's train windows and scored on its test windows."""
+    import time
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from har_vit.model.forest import fit_forest
+
+    train = load_npz(run_dir / "split.npz", ("train",))["train"]
+    seed = int((train_man.get("config") or {}).get("seed", 0))
+    t0 = time.perf_counter()
+    forest = fit_forest(normalise(torch.from_numpy(w["X"][train]), ckpt["norm"]), w["y"][train], num_classes, seed)
+    fit_s = time.perf_counter() - t0
+    pred = predict(forest, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
+    y = w["y"][test]
+    return {"model": "rf", "description": "random forest (300 trees) on 79 window statistics, same train and test "
+                                          "windows, fitted by scikit-learn",
+            "accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro")),
+            "fit_seconds": round(fit_s, 1), "seed": seed}
+
+
 def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on its test split; write ``run_dir/eval/`` and return metrics.json's dict."""
     run_dir = Path(run_dir)
@@ -261,6 +291,9 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),
         "split": train_man.get("split", {}), "n_test": int(test.size),
         **classification_metrics(y_true, y_pred, class_names), **eff,
+        "chance": chance_levels(y_true, len(class_names)),
+        "baseline": (baseline_scores(w, run_dir, train_man, ckpt, test, len(class_names))
+                     if cfg.baseline == "rf" and ckpt["model_name"] != "rf" else None),
     }
 
     written = _write_tables(eval_dir, metrics, eff)

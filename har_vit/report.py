@@ -368,7 +368,18 @@ def results_section(chain: Chain) -> list[Block]:
         ("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1"),
         ("macro precision", "macro_precision"), ("macro recall", "macro_recall"),
         ("weighted precision", "weighted_precision"), ("weighted recall", "weighted_recall"))]
-    return [Heading("Results"), Table(("metric", "value"), rows, caption=_split_name(m))]
+    blocks: list[Block] = [Heading("Results"), Table(("metric", "value"), rows, caption=_split_name(m))]
+    base, chance = m.get("baseline"), m.get("chance")
+    if base or chance:
+        side = [(f"this model ({m.get('model')})", fmt(m.get("accuracy")), fmt(m.get("macro_f1")))]
+        if base:
+            side.append((f"baseline: {base['description']}", fmt(base["accuracy"]), fmt(base["macro_f1"])))
+        if chance:
+            side.append(("chance: uniform guess", fmt(chance["uniform_accuracy"]), DASH))
+            side.append(("chance: always the most frequent test class", fmt(chance["majority_accuracy"]), DASH))
+        blocks.append(Table(("on the same test windows", "accuracy", "macro F1"), side,
+                            caption="The network beside what a user would pick instead, and beside guessing."))
+    return blocks
 
 
 def per_class_section(chain: Chain) -> list[Block]:

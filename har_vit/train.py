@@ -83,7 +83,7 @@ class TrainConfig:
     step_gamma: float = 0.1  # torch StepLR's default gamma
     label_smoothing: float = 0.0
     class_weights: bool = False  # weight the loss by inverse class frequency on train
-    patience: int | None = None  # stop after this many epochs without a better val macro F1
+    patience: int | None = 10  # stop after this many epochs without a better val macro F1; 0 or None: never
     drop: float | None = None  # override the variant's dropout (None keeps it)
     drop_path: float | None = None  # override the variant's stochastic depth
     split: str = "subject"  # har_vit.splits protocol
@@ -138,8 +138,8 @@ class TrainConfig:
             bad.append(f"need step_epochs >= 1 and 0 < step_gamma <= 1 (got {self.step_epochs}, {self.step_gamma})")
         if not 0 <= self.label_smoothing < 1:
             bad.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.patience is not None and self.patience < 1:
-            bad.append(f"patience must be >= 1 epoch or unset (got {self.patience})")
+        if self.patience is not None and self.patience < 0:
+            bad.append(f"patience must be >= 1 epoch, or 0 for no early stopping (got {self.patience})")
         if self.split not in PROTOCOLS:
             bad.append(f"split '{self.split}' is not one of {', '.join(PROTOCOLS)}")
         if self.device not in DEVICES:
@@ -593,7 +593,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
                 improved = row["val_macro_f1"] > state.best["val_macro_f1"]
                 if improved:
                     state.best = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"]}
-                state.stopped_early = cfg.patience is not None and epoch - state.best["epoch"] >= cfg.patience
+                state.stopped_early = bool(cfg.patience) and epoch - state.best["epoch"] >= cfg.patience
                 row.update(seconds=time.perf_counter() - t0, windows_per_s=seen / train_s)
                 state.history.append(row)
                 state.train_seconds += row["seconds"]

@@ -88,3 +88,18 @@ def test_rf_with_wrong_shape_says_what_it_takes():
 
     with pytest.raises(UsageError, match=r"\(batch, 128, 3\)"):
         create_model("rf")(torch.zeros(2, 64, 3))
+
+
+def test_a_network_report_shows_the_baseline_and_chance_on_the_same_split(tmp_path, windows_npz):
+    import_npz(WindowConfig(), windows_npz, tmp_path / "w")
+    run(TrainConfig(model="tiny", epochs=1, progress=False, batch_size=16, threads=1), tmp_path / "w", tmp_path / "net")
+    ev = evaluate.run(evaluate.EvalConfig(skip_latency=True), tmp_path / "net")
+    base = ev["baseline"]
+    assert base["model"] == "rf" and 0 <= base["accuracy"] <= 1 and 0 <= base["macro_f1"] <= 1
+    assert ev["chance"]["uniform_accuracy"] == pytest.approx(1 / 6)
+    # The baseline is the same forest that --model rf fits on this split: same seed, same windows.
+    run(TrainConfig(model="rf", progress=False, batch_size=16, threads=1), tmp_path / "w", tmp_path / "rf")
+    alone = evaluate.run(evaluate.EvalConfig(skip_latency=True), tmp_path / "rf")
+    assert alone["baseline"] is None and alone["accuracy"] == pytest.approx(base["accuracy"])
+    html = report.run(tmp_path / "net", tmp_path / "reports").read_text()
+    assert "baseline: random forest" in html and "chance: uniform guess" in html

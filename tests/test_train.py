@@ -252,7 +252,7 @@ def test_missing_windows_folder_is_an_artefact_error(tmp_path):
 
 
 def test_bad_options_are_usage_errors():
-    for bad in (dict(schedule="linear"), dict(model="nope"), dict(min_lr=1.0, lr=0.1), dict(patience=0),
+    for bad in (dict(schedule="linear"), dict(model="nope"), dict(min_lr=1.0, lr=0.1), dict(patience=-1),
                 dict(device="tpu"), dict(split="users")):
         with pytest.raises(UsageError):
             TrainConfig(**bad)

@@ -43,6 +43,33 @@ class PatchEmbed(nn.Module):
         return x.permute(0, 3, 2, 1)  # (B, G, N, D)
 
 
+class DilatedStem(nn.Module):
+    """Multi-dilation convolutions over time before patching: ``(B, T, C)`` -> ``(B, T, out)``.
+
+    One Conv1d per dilation (same kernel, ``out // len(dilations)`` channels each) sees
+    the window at several time scales at once, as ROCKET's kernels do; BatchNorm and GELU
+    follow, then a pointwise conv mixes the scales. Length is kept ("same" padding).
+
+    >>> DilatedStem(3, 32, kernel=9, dilations=(1, 2, 4, 8))(torch.zeros(2, 128, 3)).shape
+    torch.Size([2, 128, 32])
+    """
+
+    def __init__(self, channels: int, out: int, kernel: int = 9, dilations: tuple[int, ...] = (1, 2, 4, 8)):
+        super().__init__()
+        if out % len(dilations):
+            raise ValueError(f"stem width {out} must be a multiple of the {len(dilations)} dilations")
+        self.branches = nn.ModuleList(nn.Conv1d(channels, out // len(dilations), kernel, dilation=d,
+                                                padding=d * (kernel - 1) // 2) for d in dilations)
+        self.norm = nn.BatchNorm1d(out)
+        self.act = nn.GELU()
+        self.mix = nn.Conv1d(out, out, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.transpose(1, 2)  # (B, C, T)
+        x = torch.cat([b(x) for b in self.branches], dim=1)  # (B, out, T)
+        return self.mix(self.act(self.norm(x))).transpose(1, 2)  # (B, T, out)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over a token sequence, fused by SDPA.
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from har_vit.errors import UsageError
-from har_vit.model.layers import Block, PatchEmbed, PatchMerge1d, SeedBlock
+from har_vit.model.layers import Block, DilatedStem, PatchEmbed, PatchMerge1d, SeedBlock
 
 BLOCK_KINDS = ("seed", "prenorm")
 POOLS = ("flatten", "mean")
@@ -38,6 +38,9 @@ class ViTConfig:
     channels: int = 3  # accelerometer axes, C
     num_classes: int = 6
     patch: int = 4  # samples per patch; T must be a multiple
+    stem: int = 0  # width of a multi-dilation conv stem before the patches (joint_axes only); 0: none
+    stem_kernel: int = 9
+    stem_dilations: tuple[int, ...] = (1, 2, 4, 8)
     joint_axes: bool = False  # False: a token per (axis, patch), as the article; True: a token per patch over all axes
     embed_kernel: int = 0  # patch conv length in time; 0: = patch, larger: overlapping patches
     pos_embed: str = "learned"  # "learned": one vector per patch per group (article); "none"
@@ -61,6 +64,7 @@ class ViTConfig:
         # Config files and checkpoints carry lists; freeze them for hashing and equality.
         object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "stem_dilations", tuple(int(d) for d in self.stem_dilations))
         bad = []
         if self.window < self.patch or self.window % self.patch:
             bad.append(f"window {self.window} must be a positive multiple of patch {self.patch}")
@@ -78,6 +82,9 @@ class ViTConfig:
             bad.append(f"pos_embed '{self.pos_embed}' is not one of {POS_EMBEDS}")
         if self.block not in BLOCK_KINDS:
             bad.append(f"block '{self.block}' is not one of {BLOCK_KINDS}")
+        if self.stem and (not self.joint_axes or self.stem % len(self.stem_dilations) or self.stem_kernel % 2 == 0):
+            bad.append(f"stem {self.stem} needs joint_axes, a multiple of {len(self.stem_dilations)} dilations "
+                       f"and an odd stem_kernel (got {self.stem_kernel})")
         if self.merge not in MERGES:
             bad.append(f"merge '{self.merge}' is not one of {MERGES}")
         if self.init not in INITS:
@@ -120,7 +127,9 @@ class HarViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         G, N, D0 = cfg.groups, cfg.num_patches, cfg.dims[0]
-        self.patch_embed = PatchEmbed(D0, cfg.patch, axes=cfg.channels if cfg.joint_axes else 1, kernel=cfg.embed_kernel)
+        self.stem = DilatedStem(cfg.channels, cfg.stem, cfg.stem_kernel, cfg.stem_dilations) if cfg.stem else None
+        width = cfg.stem or cfg.channels
+        self.patch_embed = PatchEmbed(D0, cfg.patch, axes=width if cfg.joint_axes else 1, kernel=cfg.embed_kernel)
         # Without absolute positions the model sees order only through overlapping
         # patches, convs and merges: an activity looks the same wherever it starts.
         self.pos_embed = nn.Parameter(torch.zeros(1, G, N, D0)) if cfg.pos_embed == "learned" else None
@@ -165,6 +174,8 @@ class HarViT(nn.Module):
         if not torch.jit.is_tracing() and (x.ndim != 3 or tuple(x.shape[1:]) != (T, C)):
             raise UsageError(f"the model takes windows of shape (batch, {T}, {C}), got {tuple(x.shape)}; "
                              f"cut windows of {T} samples x {C} channels or build the model for this shape")
+        if self.stem is not None:
+            x = self.stem(x)  # (B, T, stem)
         x = self.patch_embed(x)  # (B, G, N, D)
         if self.pos_embed is not None:
             x = x + self.pos_embed
