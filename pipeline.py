@@ -68,12 +68,12 @@ def opt_registry(f: Callable) -> Callable:
 
 
 def opts_levers(f: Callable) -> Callable:
-    """Accuracy levers (issue 7): augmentation, distillation, warm start. All off by default."""
+    """Accuracy levers: augmentation (light, on by default), distillation, warm start."""
     for name, kind, text in reversed([
-        ("--jitter", float, "Augment: std of Gaussian noise (normalised units)."),
-        ("--scale", float, "Augment: std of a per-axis gain around 1."),
-        ("--rotate", float, "Augment: max angle (degrees) of a random 3D rotation of the axes."),
-        ("--time-warp", float, "Augment: strength of a smooth random time warp."),
+        ("--jitter", float, "Augment: std of Gaussian noise (normalised units) [0.05; 0 turns it off]."),
+        ("--scale", float, "Augment: std of a per-axis gain around 1 [0.1; 0 off]."),
+        ("--rotate", float, "Augment: max angle (degrees) of a random 3D rotation of the axes [30; 0 off]."),
+        ("--time-warp", float, "Augment: strength of a smooth random time warp [0.1; 0 off]."),
         ("--mixup", float, "Augment: Mixup Beta alpha."),
         ("--cutmix", float, "Augment: CutMix (along time) Beta alpha."),
         ("--erase", float, "Augment: probability of erasing each patch."),
