@@ -58,6 +58,9 @@ SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", ROOT.parent / "shared" / "da
 V11 = SHARED / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
 W2019 = SHARED / "wisdm2019"
 OUT = RESULTS / "accuracy.json"
+# Every finished model's result, one JSON line each, committed: a grid interrupted in one session
+# resumes in the next from here (the --work folder holds the same results and is not committed).
+RUNS_LOG = RESULTS / "accuracy_runs.jsonl"
 PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject")
 LEAKY = {"random"}
 RECIPES: dict[str, dict[str, Any]] = {
@@ -216,6 +219,9 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     work = Path(a.work)
+    logged = {}
+    if RUNS_LOG.is_file():
+        logged = {(e := json.loads(line))["tag"]: e["result"] for line in RUNS_LOG.read_text().splitlines() if line}
     for protocol in a.protocols:
         windows = windows_for(protocol, work)
         w = load_windows(windows)
@@ -226,8 +232,8 @@ def main() -> None:
             for job in jobs(protocol, a.seeds):
                 tag = f"{model}-{recipe}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{a.device}"
                 cached = work / "runs" / tag / "result.json"
-                if cached.is_file():
-                    runs.append(json.loads(cached.read_text()))
+                if tag in logged or cached.is_file():
+                    runs.append(logged[tag] if tag in logged else json.loads(cached.read_text()))
                     continue
                 cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
                                      "split": job["split"], "test_users": job.get("test_users", ()),
@@ -242,6 +248,8 @@ def main() -> None:
                     res = train_one(cfg, windows, run_dir, w)
                 res = {"seed": job["seed"], "fold": job["fold"], **res}
                 write_json(cached, res)
+                with open(RUNS_LOG, "a") as fh:  # one short line per model: appends do not interleave
+                    fh.write(json.dumps({"tag": tag, "result": res}) + "\n")
                 runs.append(res)
                 print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
                       f"acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  ({res['train_seconds']:.0f} s)",
@@ -249,10 +257,14 @@ def main() -> None:
             epochs = None if model in BASELINES else TrainConfig(**opts).epochs
             row = summarise(model, recipe, protocol, runs, epochs,
                             row_command(model, recipe, protocol, a.seeds, a.epochs, a.device))
+            if len(row["seeds"]) < 3:  # a partial grid: its runs are logged; the results file takes rows of >= 3 seeds
+                print(f"== {protocol} {model}: {len(row['seeds'])} seed(s) only; not written to {out.name} "
+                      f"(runs kept in {RUNS_LOG.name}; rerun with 3 seeds to make the row)")
+                continue
             rows = merge(out, [row])
             print(f"== {protocol} {model} ({recipe}): accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
                   f"macro F1 {row['macro_f1_mean']:.4f} ± {row['macro_f1_std']:.4f} over {len(runs)} models", flush=True)
-    print(table(rows))
+    print(table(json.loads(out.read_text())) if out.is_file() else "")
     print(f"-> {out}")
 
 

@@ -1,0 +1,35 @@
+"""The README's accuracy table is bench/results/accuracy.json, line for line."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_accuracy import OUT, PROTOCOLS, table  # noqa: E402
+
+START, END = "<!-- accuracy-table: start (python bench/bench_accuracy.py --table) -->", "<!-- accuracy-table: end -->"
+
+
+def test_readme_table_is_generated_from_accuracy_json():
+    rows = json.loads(OUT.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert START in readme and END in readme, "README lacks the accuracy-table markers"
+    shown = readme.split(START, 1)[1].split(END, 1)[0].strip()
+    assert shown == table(rows), "README table differs: paste the output of python bench/bench_accuracy.py --table"
+
+
+def test_every_row_has_the_fields_and_its_folds():
+    rows = json.loads(OUT.read_text())
+    keys = {"model", "recipe", "protocol", "device", "dtype", "epochs", "seeds", "per_seed", "accuracy_mean",
+            "accuracy_std", "macro_f1_mean", "macro_f1_std", "command"}
+    for r in rows:
+        assert keys <= r.keys() and r["protocol"] in PROTOCOLS, r
+        assert r["command"].startswith("python bench/bench_accuracy.py")
+        assert len(r["seeds"]) >= 3, f"{r['model']} {r['protocol']}: fewer than 3 seeds"
+        folds = {(p["seed"], p["fold"]) for p in r["per_seed"]}
+        want = {(s, f) for s in r["seeds"] for f in (range(6) if r["protocol"] == "cv6" else [None])}
+        assert folds == want, f"{r['model']} {r['protocol']}: runs {sorted(folds, key=str)} != {sorted(want, key=str)}"
+        assert r["leaky"] == (r["protocol"] == "random")
