@@ -207,6 +207,8 @@ def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
 @click.option("--run", "run_dir", type=click.Path(file_okay=False), required=True, help="Train run folder.")
 @click.option("--device", type=click.Choice(["auto", "cuda", "cpu"]), help="Where to measure [auto].")
 @click.option("--latency-repeats", type=int, help="Timed runs per latency figure [100].")
+@click.option("--baseline", type=click.Choice(["rf", "none"]),
+              help="Fit the random-forest baseline on the run's split and score it beside the model [rf].")
 @handle_errors
 def evaluate(run_dir: str, **kw: Any) -> None:
     """Metrics on the test split, efficiency (params, FLOPs, latency) and plots.

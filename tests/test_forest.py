@@ -103,3 +103,4 @@ def test_a_network_report_shows_the_baseline_and_chance_on_the_same_split(tmp_pa
     assert alone["baseline"] is None and alone["accuracy"] == pytest.approx(base["accuracy"])
     html = report.run(tmp_path / "net", tmp_path / "reports").read_text()
     assert "baseline: random forest" in html and "chance: uniform guess" in html
+    assert evaluate.run(evaluate.EvalConfig(skip_latency=True, baseline="none"), tmp_path / "net")["baseline"] is None
