@@ -207,3 +207,17 @@ def test_wrong_input_shape_says_what_the_model_takes(shape):
 
 def test_config_accepts_lists_from_yaml_and_checkpoints():
     assert ViTConfig(dims=[256, 256, 256], depths=[1, 1, 1]) == ViTConfig()
+
+
+def test_dilated_stem_option_feeds_the_patches():
+    """``stem=W``: a multi-dilation conv stem (off in every variant) whose output the patches embed."""
+    model = _model("tiny", stem=32).train()
+    assert model.stem is not None and model.patch_embed.proj.kernel_size[1] == 32
+    out = model(torch.randn(4, 128, 3))
+    assert out.shape == (4, 6)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.stem.parameters())
+    with pytest.raises(UsageError, match="stem 30"):
+        create_model("tiny", stem=30)  # not a multiple of the 4 dilations
+    with pytest.raises(UsageError, match="stem 32 needs joint_axes"):
+        create_model("seed", stem=32)
