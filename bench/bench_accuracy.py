@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.checkpoint import load_model, normalise  # noqa: E402
+from har_vit.evaluate import predict  # noqa: E402
 from har_vit.io import write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
 from har_vit.train import TrainConfig, fit_norm, run  # noqa: E402
@@ -116,9 +117,7 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
     m = run(cfg, windows, run_dir)
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
-    with torch.inference_mode():
-        x = normalise(torch.from_numpy(w["X"][test]), ckpt["norm"])
-        pred = torch.cat([model(x[i:i + 1024]).argmax(1) for i in range(0, len(x), 1024)]).numpy()
+    pred = predict(model, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
     return {**scores(w["y"][test], pred), "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
             "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 

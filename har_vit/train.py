@@ -570,9 +570,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for a run being rewritten
         save_npz(out / "split.npz", train=data.split.train, val=data.split.val, test=data.split.test)
 
-    fixed = {"model_name": model.name, "model_kwargs": model.kwargs, "class_names": data.class_names,
-             "norm": data.norm, "train_config": as_dict(cfg), "device_type": device.type,
-             "windows_sha256": data.windows_entry["sha256"]}
+    fixed = checkpoint_header(cfg, model, data, device)
     writer = CheckpointWriter() if ctx.is_main else None
     stop = torch.zeros((), dtype=torch.int64, device=device)
     try:
@@ -622,6 +620,13 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     return read_manifest(out, "train")
 
 
+def checkpoint_header(cfg: TrainConfig, model: nn.Module, data: Data, device: torch.device) -> dict[str, Any]:
+    """What every checkpoint of a run carries besides its weights: enough to rebuild and serve the model."""
+    return {"model_name": model.name, "model_kwargs": model.kwargs, "class_names": data.class_names,
+            "norm": data.norm, "train_config": as_dict(cfg), "device_type": device.type,
+            "windows_sha256": data.windows_entry["sha256"]}
+
+
 def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, ctx: DistContext,
                    device: torch.device) -> dict[str, Any]:
     """``--model rf``: fit the forest on the train split in one go; the run folder has the networks' contract."""
@@ -641,9 +646,7 @@ def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, c
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
     save_npz(out / "split.npz", train=data.split.train, val=data.split.val, test=data.split.test)
-    light = {"model_name": model.name, "model_kwargs": model.kwargs, "class_names": data.class_names,
-             "norm": data.norm, "train_config": as_dict(cfg), "device_type": "cpu",
-             "windows_sha256": data.windows_entry["sha256"], "model": model.state_dict(), "epoch": 1,
+    light = {**checkpoint_header(cfg, model, data, torch.device("cpu")), "model": model.state_dict(), "epoch": 1,
              "val": {k: row[k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
     save_checkpoint(out / "best.pt", light)
     write_history(out, state.history)
