@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from har_vit.errors import HarVitError
+from har_vit.core.errors import HarVitError
 
 HELP = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -25,7 +25,7 @@ def _cli_layer(kw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _layers(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    from har_vit.config import load_yaml
+    from har_vit.core.config import load_yaml
 
     return load_yaml(kw.pop("config", None)), _cli_layer(kw)
 
@@ -130,8 +130,8 @@ def ingest(out: str, **kw: Any) -> None:
     Example:
       python pipeline.py ingest --dataset wisdm2019 --data-path ../shared/data/wisdm2019 --out runs/x/ingest
     """
-    from har_vit import ingest as stage
-    from har_vit.config import build
+    from har_vit.stages import ingest as stage
+    from har_vit.core.config import build
 
     cfg = build(stage.IngestConfig, *_layers(kw))
     m = stage.run(cfg, out)
@@ -156,9 +156,9 @@ def windows(in_dir: str | None, dataset: str | None, data_path: str | None, out:
       python pipeline.py windows --in runs/x/ingest --out runs/x/windows
       python pipeline.py windows --dataset npz --data-path my_windows.npz --out runs/y/windows
     """
-    from har_vit import windows as stage
-    from har_vit.config import build
-    from har_vit.errors import UsageError
+    from har_vit.stages import windows as stage
+    from har_vit.core.config import build
+    from har_vit.core.errors import UsageError
 
     cfg = build(stage.WindowConfig, *_layers(kw))
     if dataset == "npz" or (data_path and not in_dir):
@@ -190,8 +190,8 @@ def train(in_dir: str, out: str, resume: bool, **kw: Any) -> None:
       python pipeline.py train --in runs/y/windows --out runs/y/ft --init runs/x/model --freeze-epochs 5
       torchrun --nproc_per_node 2 pipeline.py train --in runs/x/windows --out runs/x/model
     """
-    from har_vit import train as stage
-    from har_vit.config import build
+    from har_vit.stages import train as stage
+    from har_vit.core.config import build
 
     cfg = build(stage.TrainConfig, *_layers(kw))
     import os
@@ -217,8 +217,8 @@ def evaluate(run_dir: str, **kw: Any) -> None:
     Example:
       python pipeline.py evaluate --run runs/x/model
     """
-    from har_vit import evaluate as stage
-    from har_vit.config import build
+    from har_vit.stages import evaluate as stage
+    from har_vit.core.config import build
 
     cfg = build(stage.EvalConfig, *_layers(kw))
     m = stage.run(cfg, run_dir)
@@ -238,7 +238,7 @@ def report(run_dir: str, reports_dir: str, run_id: str | None) -> None:
     Example:
       python pipeline.py report --run runs/x/model
     """
-    from har_vit import report as stage
+    from har_vit.stages import report as stage
 
     path = stage.run(run_dir, reports_dir, run_id)
     click.echo(f"report: {path}")
@@ -263,7 +263,7 @@ def run(registry: str, **kw: Any) -> None:
       python pipeline.py run --dataset wisdm2019 --data-path ../shared/data/wisdm2019 --epochs 20
       python pipeline.py run --dataset npz --data-path ../shared/data/wisdm_v1.1/wisdm_v1.1_windows128.npz
     """
-    from har_vit import job
+    from har_vit.stages import job
 
     yaml_layer, cli_layer = _layers(kw)
     result = job.run(yaml_layer, cli_layer, echo=lambda s: click.echo(s, err=True), registry=registry)
@@ -290,7 +290,7 @@ def retrain(registry: str, tolerance: float, **kw: Any) -> None:
     Example (cron, nightly at 03:00):
       0 3 * * *  cd /srv/har_vit && .venv/bin/python pipeline.py retrain --dataset wisdm
     """
-    from har_vit import retrain as stage
+    from har_vit.stages import retrain as stage
 
     try:
         yaml_layer, cli_layer = _layers(kw)
@@ -321,9 +321,9 @@ def predict(model: str, registry: str, data_path: str, out: str, **kw: Any) -> N
     Example:
       python pipeline.py predict --model production --data-path new_log.txt --out predictions.csv
     """
-    from har_vit import predict as stage
-    from har_vit.config import build
-    from har_vit.registry import Registry
+    from har_vit.stages import predict as stage
+    from har_vit.core.config import build
+    from har_vit.core.registry import Registry
 
     cfg = build(stage.PredictConfig, *_layers(kw))
     m = stage.run(cfg, Registry(registry).resolve(model), data_path, out)
@@ -350,9 +350,9 @@ def export(model: str, registry: str, out: str, **kw: Any) -> None:
     Example:
       python pipeline.py export --model production --format onnx --out exported/
     """
-    from har_vit import export as stage
-    from har_vit.config import build
-    from har_vit.registry import Registry
+    from har_vit.stages import export as stage
+    from har_vit.core.config import build
+    from har_vit.core.registry import Registry
 
     cfg = build(stage.ExportConfig, *_layers(kw))
     m = stage.run(cfg, Registry(registry).resolve(model), out)
@@ -372,8 +372,8 @@ def sweep(config: str) -> None:
     Example (sweep.yaml: windows, out, split: subject|loso, seeds, base, grid or random):
       python pipeline.py sweep --config sweep.yaml
     """
-    from har_vit import sweep as stage
-    from har_vit.config import load_yaml
+    from har_vit.stages import sweep as stage
+    from har_vit.core.config import load_yaml
 
     result = stage.run(stage.SweepSpec.from_mapping(load_yaml(config)), echo=lambda s: click.echo(s, err=True))
     click.echo(f"sweep: chose {result['chosen']} ({result['chosen_by']}) -> {load_yaml(config)['out']}/table.md")

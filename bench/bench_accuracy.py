@@ -4,7 +4,7 @@
 Each row is ``{model, recipe, protocol, device, dtype, epochs, seeds, per_seed,
 accuracy_mean, accuracy_std, macro_f1_mean, macro_f1_std, command}``; ``per_seed`` lists
 ``{seed, fold, accuracy, macro_f1}`` (``fold`` null outside CV) and ``command`` reproduces
-the row. Networks and ``rf`` run through the real trainer (``har_vit.train.run``: model
+the row. Networks and ``rf`` run through the real trainer (``har_vit.stages.train.run``: model
 selection on validation users only) and are scored on the test split with scikit-learn;
 ``minirocket`` (aeon's MiniRocket features + ridge, the strongest non-deep baseline; needs
 ``pip install aeon``) is fitted on the same training windows.
@@ -48,12 +48,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
-from har_vit.checkpoint import load_model, normalise  # noqa: E402
-from har_vit.evaluate import predict  # noqa: E402
-from har_vit.io import write_json  # noqa: E402
+from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
+from har_vit.stages.evaluate import predict  # noqa: E402
+from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
-from har_vit.train import TrainConfig, fit_norm, run  # noqa: E402
-from har_vit.windows import WindowConfig, import_npz, load_windows  # noqa: E402
+from har_vit.stages.train import TrainConfig, fit_norm, run  # noqa: E402
+from har_vit.stages.windows import WindowConfig, import_npz, load_windows  # noqa: E402
 
 SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 V11 = SHARED / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
@@ -79,7 +79,7 @@ BASELINES = ("rf", "minirocket")
 def windows_for(protocol: str, work: Path) -> Path:
     """The windows folder a protocol reads, built once under ``work``."""
     if protocol == "w2019-subject":
-        from har_vit import ingest, windows
+        from har_vit.stages import ingest, windows
 
         out = work / "w2019" / "windows"
         if not (out / "manifest.json").is_file():
@@ -127,7 +127,7 @@ def minirocket_one(cfg: TrainConfig, w: dict[str, np.ndarray], threads: int | No
     from aeon.transformations.collection.convolution_based import MiniRocket
     from sklearn.linear_model import RidgeClassifierCV
 
-    from har_vit.splits import make_split
+    from har_vit.core.splits import make_split
 
     split = make_split(cfg.split, w, seed=cfg.seed, test_users=cfg.test_users or None)
     norm = fit_norm(w["X"][split.train])

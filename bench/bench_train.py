@@ -2,10 +2,10 @@
 """Training throughput per variant: the on-device trainer against a plain DataLoader pipeline.
 
 Both pipelines train the same model with the same AdamW, per-step LambdaLR schedule,
-loss and autocast (``har_vit.train.train_step``); only the way a batch reaches the model
+loss and autocast (``har_vit.stages.train.train_step``); only the way a batch reaches the model
 differs:
 
-- on-device (what ``har_vit.train.run`` does, ``train_epoch``): the whole training set
+- on-device (what ``har_vit.stages.train.run`` does, ``train_epoch``): the whole training set
   lives on the device, one seeded on-device permutation per epoch, a batch is a gather.
 - DataLoader (the baseline): ``TensorDataset`` of CPU tensors, ``shuffle=True``,
   ``drop_last=True``, ``num_workers=0``, each batch moved with ``.to(device)`` per step.
@@ -15,7 +15,7 @@ synchronised before and after); the pipelines alternate ``--repeats`` times on o
 and the median is reported as windows/s.
 
 100 epochs over ``--windows`` training windows (WISDM at 128 x 3 gives ~17,000): on CUDA
-measured end to end with ``har_vit.train.run`` (validation and a checkpoint every epoch
+measured end to end with ``har_vit.stages.train.run`` (validation and a checkpoint every epoch
 included). On CPU that would take hours, so it is EXTRAPOLATED: 100 x (steps per epoch x
 median on-device step time + one timed validation pass + one timed checkpoint write),
 and labelled so in the output. ``--run-epochs N`` measures N real epochs instead.
@@ -42,11 +42,11 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, machine, synthetic_windows  # noqa: E402
 
-from har_vit.checkpoint import save_checkpoint  # noqa: E402
-from har_vit.efficiency import device_label, resolve_device  # noqa: E402
-from har_vit.io import write_json  # noqa: E402
+from har_vit.core.checkpoint import save_checkpoint  # noqa: E402
+from har_vit.core.efficiency import device_label, resolve_device  # noqa: E402
+from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import create_model, list_models  # noqa: E402
-from har_vit.train import (TrainConfig, build_optimizer, build_scheduler, cpu_copy, evaluate_split,  # noqa: E402
+from har_vit.stages.train import (TrainConfig, build_optimizer, build_scheduler, cpu_copy, evaluate_split,  # noqa: E402
                            make_loss, run, train_epoch, train_step)
 
 TARGETS = {"seed_windows_per_s": 50_000, "epochs_100_s": 30.0, "speedup_vs_dataloader": 3.0, "on": "NVIDIA H100"}
@@ -149,7 +149,7 @@ def hundred_epochs(name: str, device: torch.device, r: dict[str, Any], n_train: 
     return {"seconds": round(m["train_seconds"] * scale, 1), "extrapolated": run_epochs != 100,
             "epochs_measured": run_epochs, "n_train": m["split"]["n_train"],
             "run_windows_per_s": m["windows_per_s"], "run_wall_s_incl_setup": round(wall, 2),
-            "how": "har_vit.train.run end to end: train_seconds (every epoch's steps, validation and checkpoint)"
+            "how": "har_vit.stages.train.run end to end: train_seconds (every epoch's steps, validation and checkpoint)"
                    + ("" if run_epochs == 100 else f" over {run_epochs} epochs, x {scale:g}")}
 
 

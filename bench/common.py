@@ -15,8 +15,8 @@ RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from har_vit.efficiency import cpu_model_name  # noqa: E402
-from har_vit.windows import WindowConfig, import_npz  # noqa: E402
+from har_vit.core.efficiency import cpu_model_name  # noqa: E402
+from har_vit.stages.windows import WindowConfig, import_npz  # noqa: E402
 
 
 def machine() -> dict[str, Any]:

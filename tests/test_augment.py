@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from har_vit.augment import (AugmentConfig, Augmenter, random_rotations, resample, rodrigues, sample_beta,
+from har_vit.training.augment import (AugmentConfig, Augmenter, random_rotations, resample, rodrigues, sample_beta,
                              soft_cross_entropy, warp_positions)
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 K = 6
 FULL = dict(jitter=0.05, scale=0.1, rotate=45, time_warp=0.2, mixup=0.4, cutmix=1.0, erase=0.1)
@@ -351,7 +351,7 @@ def test_bad_config_is_a_one_line_usage_error(bad):
 
 
 def test_config_builds_from_yaml_like_layers():
-    from har_vit.config import build
+    from har_vit.core.config import build
 
     c = build(AugmentConfig, {"jitter": 0.05, "erase-patch": 8, "unrelated": 1}, {"rotate": 30})
     assert c == AugmentConfig(jitter=0.05, erase_patch=8, rotate=30) and c.enabled() and not c.mixing

@@ -1,6 +1,6 @@
 """Data-parallel training: two gloo processes on CPU follow a single process's loss curve.
 
-``torchrun --nproc_per_node 2`` runs the real ``har_vit.train.run`` on tiny synthetic
+``torchrun --nproc_per_node 2`` runs the real ``har_vit.stages.train.run`` on tiny synthetic
 windows; each rank takes half of every global batch of 32. Against a single process with
 the same global batch, with dropout off (each rank would draw its own masks), the
 gradients agree up to float summation order, so the loss curves must match to a
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit.io import read_manifest
-from har_vit.train import TrainConfig, run
-from har_vit.windows import WindowConfig, import_npz
+from har_vit.core.io import read_manifest
+from har_vit.stages.train import TrainConfig, run
+from har_vit.stages.windows import WindowConfig, import_npz
 
 REPO = Path(__file__).resolve().parents[1]
 # No randomness that differs between ranks by design: dropout and augmentation off (each rank
@@ -37,7 +37,7 @@ RTOL_WEIGHTS = 1e-4
 
 SCRIPT = textwrap.dedent("""
     import json, os, sys
-    from har_vit.train import TrainConfig, run
+    from har_vit.stages.train import TrainConfig, run
     manifest = run(TrainConfig(**json.loads(sys.argv[3])), sys.argv[1], sys.argv[2])
     with open(os.path.join(sys.argv[4], f"rank{os.environ['RANK']}.json"), "w") as fh:
         json.dump(manifest, fh)

@@ -19,12 +19,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
 
-from har_vit import article, efficiency
-from har_vit.checkpoint import load_model, save_checkpoint
-from har_vit.config import build
-from har_vit.errors import ArtefactError, UsageError
-from har_vit.evaluate import EvalConfig, classification_metrics, normalize_rows, run
-from har_vit.io import file_entry, read_manifest, save_npz, sha256_file, write_json, write_manifest
+from har_vit.model import article
+
+from har_vit.core import efficiency
+from har_vit.core.checkpoint import load_model, save_checkpoint
+from har_vit.core.config import build
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.stages.evaluate import EvalConfig, classification_metrics, normalize_rows, run
+from har_vit.core.io import file_entry, read_manifest, save_npz, sha256_file, write_json, write_manifest
 from har_vit.model import create_model
 
 CLASSES = ("Walking", "Jogging", "Upstairs", "Downstairs", "Sitting", "Standing")

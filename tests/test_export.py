@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit import export
-from har_vit.checkpoint import load_model, normalise
-from har_vit.errors import HarVitError, UsageError
-from har_vit.export import ExportConfig, ParityError, parity_batches, run
-from har_vit.io import sha256_file, write_json
+from har_vit.stages import export
+from har_vit.core.checkpoint import load_model, normalise
+from har_vit.core.errors import HarVitError, UsageError
+from har_vit.stages.export import ExportConfig, ParityError, parity_batches, run
+from har_vit.core.io import sha256_file, write_json
 from har_vit.model import list_models
 from test_predict import C, T, build_run, one_thread  # noqa: F401 (autouse fixture)
 
@@ -41,7 +41,7 @@ def _reference(run_dir: Path, x: np.ndarray) -> np.ndarray:
 
 
 def _load(path: Path, fmt: str):
-    """A (B, T, C) -> logits function over the file on disk, independent of har_vit.export."""
+    """A (B, T, C) -> logits function over the file on disk, independent of har_vit.stages.export."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still supported

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit import evaluate, report
-from har_vit.checkpoint import load_model
+from har_vit.stages import evaluate, report
+from har_vit.core.checkpoint import load_model
 from har_vit.model import create_model
 from har_vit.model.forest import fit_forest, num_features, window_features
-from har_vit.train import TrainConfig, run
-from har_vit.windows import WindowConfig, import_npz
+from har_vit.stages.train import TrainConfig, run
+from har_vit.stages.windows import WindowConfig, import_npz
 
 
 def _data(n=300, T=32, C=3, K=4, seed=0):
@@ -84,7 +84,7 @@ def test_rf_runs_through_train_evaluate_report(tmp_path, windows_npz):
 
 
 def test_rf_with_wrong_shape_says_what_it_takes():
-    from har_vit.errors import UsageError
+    from har_vit.core.errors import UsageError
 
     with pytest.raises(UsageError, match=r"\(batch, 128, 3\)"):
         create_model("rf")(torch.zeros(2, 64, 3))

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit import report, evaluate
-from har_vit.errors import UsageError
-from har_vit.train import TrainConfig, run
-from har_vit.windows import WindowConfig, import_npz
+from har_vit.stages import report, evaluate
+from har_vit.core.errors import UsageError
+from har_vit.stages.train import TrainConfig, run
+from har_vit.stages.windows import WindowConfig, import_npz
 
 BASE = dict(model="tiny", epochs=2, batch_size=32, progress=False, threads=1, warmup_epochs=0)
 AUG = dict(jitter=0.05, scale=0.1, rotate=30, time_warp=0.1, mixup=0.2, cutmix=0.2, erase=0.1)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 from har_vit.model import HarViT, ViTConfig, count_flops, create_model, list_models
 from har_vit.model.layers import Attention, PatchMerge1d
 

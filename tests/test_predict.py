@@ -21,12 +21,12 @@ import pytest
 import torch
 from torch import nn
 
-from har_vit.checkpoint import normalise, save_checkpoint
-from har_vit.errors import ArtefactError, DataError, UsageError
-from har_vit.io import save_npz, sha256_file, write_json, write_manifest
+from har_vit.core.checkpoint import normalise, save_checkpoint
+from har_vit.core.errors import ArtefactError, DataError, UsageError
+from har_vit.core.io import save_npz, sha256_file, write_json, write_manifest
 from har_vit.model import create_model
-from har_vit.predict import PredictConfig, run, sidecar
-from har_vit.windows import WindowConfig, import_npz
+from har_vit.stages.predict import PredictConfig, run, sidecar
+from har_vit.stages.windows import WindowConfig, import_npz
 
 CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking")
 T, C = 32, 3

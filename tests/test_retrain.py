@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
-from har_vit.registry import Registry
+from har_vit.core.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ def test_refuses_while_another_holds_the_lock(job):
     (tmp / "models").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; sys.path.insert(0, %r)\n"
-        "from har_vit.registry import Registry\n"
+        "from har_vit.core.registry import Registry\n"
         "with Registry(%r).lock():\n"
         "    print('locked', flush=True); time.sleep(60)\n") % (str(ROOT), str(tmp / "models"))],
         stdout=subprocess.PIPE, text=True)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 
-from har_vit.runid import PATTERN, new_run_id
+from har_vit.core.runid import PATTERN, new_run_id
 
 
 def test_ten_thousand_in_a_loop_are_unique_sorted_and_well_formed():

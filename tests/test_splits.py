@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from har_vit.errors import UsageError
-from har_vit.splits import loso_folds, make_split
+from har_vit.core.errors import UsageError
+from har_vit.core.splits import loso_folds, make_split
 
 
 def _windows(n_users=8, n_classes=4, per=20, T=16, step=8):

@@ -7,9 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
-from har_vit import sweep
-from har_vit.errors import UsageError
-from har_vit.windows import WindowConfig, import_npz
+from har_vit.stages import sweep
+from har_vit.core.errors import UsageError
+from har_vit.stages.windows import WindowConfig, import_npz
 
 
 def test_grid_sweep_table_and_choice(tmp_path, windows_npz, monkeypatch):
@@ -33,7 +33,7 @@ def test_grid_sweep_table_and_choice(tmp_path, windows_npz, monkeypatch):
 
 
 def pipeline_yaml(path):
-    from har_vit.config import load_yaml
+    from har_vit.core.config import load_yaml
     return load_yaml(path)
 
 

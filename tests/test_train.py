@@ -1,6 +1,6 @@
 """Train stage: the run folder contract, exact resume, no test leakage, early stopping, errors.
 
-Every training here is the real ``har_vit.train.run`` on CPU over a tiny synthetic
+Every training here is the real ``har_vit.stages.train.run`` on CPU over a tiny synthetic
 windows folder (16 samples x 3 axes, 3 classes, 10 users), one to three epochs.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit.checkpoint import load_model, normalise
-from har_vit.errors import ArtefactError, UsageError
-from har_vit.io import read_manifest, verify_outputs
-from har_vit.runid import PATTERN
-from har_vit.train import TrainConfig, fit_norm, inverse_frequency, lr_factor, run
-from har_vit.windows import WindowConfig, import_npz, load_windows
+from har_vit.core.checkpoint import load_model, normalise
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.core.io import read_manifest, verify_outputs
+from har_vit.core.runid import PATTERN
+from har_vit.stages.train import TrainConfig, fit_norm, inverse_frequency, lr_factor, run
+from har_vit.stages.windows import WindowConfig, import_npz, load_windows
 
 FAST = dict(model="tiny", batch_size=32, warmup_epochs=1, device="cpu", progress=False, threads=1)
 BEST_KEYS = {"model", "model_name", "model_kwargs", "class_names", "norm", "train_config", "epoch"}

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import WISDM2019, need
-from har_vit import ingest, windows
-from har_vit.errors import ArtefactError, DataError
-from har_vit.io import load_npz
+from har_vit.stages import ingest, windows
+from har_vit.core.errors import ArtefactError, DataError
+from har_vit.core.io import load_npz
 
 
 def slow_windows(user, act, ts, src, max_gap, T, step):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from har_vit.errors import DataError, UsageError
+from har_vit.core.errors import DataError, UsageError
 
 # WISDM v1.1 activities, in the index order of the public pre-windowed copies (alphabetical).
 WISDM_V11_CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking")

@@ -48,8 +48,8 @@ from urllib.response import addinfourl
 from tqdm import tqdm
 
 from har_vit import __version__
-from har_vit.errors import DataError, DownloadError, UsageError
-from har_vit.io import atomic_path, sha256_file, write_text
+from har_vit.core.errors import DataError, DownloadError, UsageError
+from har_vit.core.io import atomic_path, sha256_file, write_text
 
 OFFICIAL_URL = "https://www.cis.fordham.edu/wisdm/includes/datasets/latest/WISDM_ar_latest.tar.gz"
 ARCHIVE_NAME = "WISDM_ar_latest.tar.gz"

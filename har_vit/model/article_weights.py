@@ -21,7 +21,7 @@ from typing import Mapping
 
 import torch
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 from har_vit.model.variants import VARIANTS, create_model
 from har_vit.model.vit import HarViT
 

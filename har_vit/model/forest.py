@@ -89,7 +89,7 @@ class ForestClassifier(nn.Module):
         self.register_buffer("value", torch.full((n, k, cfg.num_classes), 1.0 / cfg.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from har_vit.errors import UsageError
+        from har_vit.core.errors import UsageError
 
         T, C = self.cfg.window, self.cfg.channels
         if not torch.jit.is_tracing() and (x.ndim != 3 or tuple(x.shape[1:]) != (T, C)):

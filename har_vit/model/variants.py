@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 from har_vit.model.vit import HarViT, ViTConfig, config_fields
 
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 from har_vit.model.layers import Block, DilatedStem, PatchEmbed, PatchMerge1d, SeedBlock
 
 BLOCK_KINDS = ("seed", "prenorm")

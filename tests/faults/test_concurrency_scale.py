@@ -30,7 +30,7 @@ def test_two_retrains_at_once_one_waits_out(tmp_path, job):
     The test holds the lock itself while the second retrain arrives, so the overlap is certain
     rather than a race between two process start-ups.
     """
-    from har_vit.registry import Registry
+    from har_vit.core.registry import Registry
 
     with Registry(tmp_path / "models").lock():
         refused = _popen(["retrain", *job, "--seed", "3"], tmp_path)
@@ -97,7 +97,7 @@ def test_ingest_ten_times_wisdm_within_memory_bound(tmp_path):
     import os
     import platform
 
-    from har_vit.efficiency import cpu_model_name
+    from har_vit.core.efficiency import cpu_model_name
     out = Path(ROOT / "bench" / "results" / "ingest_scale.json")
     machine = {"cpu": cpu_model_name(), "cores": os.cpu_count(), "python": platform.python_version()}
     out.write_text(json.dumps({**r, "bound_mb": RSS_BOUND_MB, "test": __name__, "machine": machine}, indent=2) + "\n")

@@ -6,7 +6,7 @@ import random
 import pytest
 
 from faultkit import cli, make_rng
-from har_vit import evaluate, train
+from har_vit.stages import evaluate, train
 
 
 @pytest.fixture(scope="module")

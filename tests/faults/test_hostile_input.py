@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from faultkit import cli
-from har_vit.errors import HarVitError
-from har_vit.parse import parse_bytes, parse_file
+from har_vit.core.errors import HarVitError
+from har_vit.datasets.parse import parse_bytes, parse_file
 from synthetic import LABELS, make_log
 
 GOOD = "7,Walking,{t},0.1,9.8,0.3;\n"

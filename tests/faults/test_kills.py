@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from faultkit import cli, kill_when, make_rng
-from har_vit.io import read_manifest, verify_outputs
+from har_vit.core.io import read_manifest, verify_outputs
 from synthetic import make_log
 
 TRAIN_YAML = "model: tiny\nepochs: 6\nbatch_size: 32\nprogress: false\nthreads: 1\nwarmup_epochs: 1\n"
@@ -94,7 +94,7 @@ def test_kill9_during_data_stages_never_leaves_a_good_looking_half(tmp_path, sta
 
 
 def test_kill9_during_report_leaves_old_or_complete_pages(tmp_path, windows_dir):
-    from har_vit import evaluate, train
+    from har_vit.stages import evaluate, train
     rng = make_rng()
     m = tmp_path / "m"
     train.run(train.TrainConfig(model="tiny", epochs=1, batch_size=32, progress=False), windows_dir, m)

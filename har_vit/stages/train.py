@@ -44,20 +44,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from har_vit import distributed
-from har_vit.augment import AugmentConfig, Augmenter
-from har_vit.checkpoint import load_checkpoint, normalise, save_checkpoint
-from har_vit.config import as_dict
-from har_vit.distributed import DistContext
-from har_vit.efficiency import device_label, resolve_device
-from har_vit.errors import UsageError
-from har_vit.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
-from har_vit.runid import new_run_id
+from har_vit.training import distributed
+from har_vit.training.augment import AugmentConfig, Augmenter
+from har_vit.core.checkpoint import load_checkpoint, normalise, save_checkpoint
+from har_vit.core.config import as_dict
+from har_vit.training.distributed import DistContext
+from har_vit.core.efficiency import device_label, resolve_device
+from har_vit.core.errors import UsageError
+from har_vit.core.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
+from har_vit.core.runid import new_run_id
 from har_vit.model import create_model, list_models
 from har_vit.model.variants import CLASSICAL
-from har_vit.objective import Objective, load_init, load_teacher, set_frozen
-from har_vit.splits import PROTOCOLS, Split, make_split
-from har_vit.windows import WINDOWS, load_windows
+from har_vit.training.objective import Objective, load_init, load_teacher, set_frozen
+from har_vit.core.splits import PROTOCOLS, Split, make_split
+from har_vit.stages.windows import WINDOWS, load_windows
 
 SCHEDULES = ("cosine", "step", "constant")
 DEVICES = ("auto", "cuda", "cpu")
@@ -86,7 +86,7 @@ class TrainConfig:
     patience: int | None = 10  # stop after this many epochs without a better val macro F1; 0 or None: never
     drop: float | None = None  # override the variant's dropout (None keeps it)
     drop_path: float | None = None  # override the variant's stochastic depth
-    split: str = "subject"  # har_vit.splits protocol
+    split: str = "subject"  # har_vit.core.splits protocol
     seed: int = 0  # split, initialisation, shuffling and dropout
     val_frac: float = 0.1
     test_frac: float = 0.2
@@ -97,7 +97,7 @@ class TrainConfig:
     threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
     progress: bool = True  # tqdm bar per epoch on stderr
     eval_batch_size: int = 2048  # validation forward batch (memory only, not results)
-    # Augmentation (har_vit.augment.AugmentConfig), per batch on the device. On by default: small
+    # Augmentation (har_vit.training.augment.AugmentConfig), per batch on the device. On by default: small
     # rotations, scaling, jitter and time warp; measured on users 29-36 (see bench/results/accuracy.json),
     # full 180-degree rotations cost ~3 points of macro F1 (they blur sitting vs standing, which the
     # direction of gravity tells apart). Set each to 0 to turn it off.
@@ -110,7 +110,7 @@ class TrainConfig:
     erase: float = 0.0
     erase_patch: int = 4
     aug_p: float = 1.0
-    # Distillation from a trained run (har_vit.objective): soft (KL at a temperature) or hard labels.
+    # Distillation from a trained run (har_vit.training.objective): soft (KL at a temperature) or hard labels.
     teacher: str | None = None
     distill: str = "soft"
     distill_alpha: float = 0.5

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from har_vit.errors import ArtefactError
-from har_vit.io import write_bytes
+from har_vit.core.errors import ArtefactError
+from har_vit.core.io import write_bytes
 
 
 INTEGRITY = "integrity"

@@ -21,7 +21,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from har_vit.io import write_bytes  # noqa: E402
+from har_vit.core.io import write_bytes  # noqa: E402
 
 DPI = 110
 

@@ -22,10 +22,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from har_vit.errors import HarVitError
-from har_vit.io import sha256_file
-from har_vit.runid import new_run_id
-from har_vit.registry import Registry
+from har_vit.core.errors import HarVitError
+from har_vit.core.io import sha256_file
+from har_vit.core.runid import new_run_id
+from har_vit.core.registry import Registry
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -58,10 +58,10 @@ def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "a
     """Macro F1 of each run's best model on the same windows (all of ``windows_dir``)."""
     from sklearn.metrics import f1_score
 
-    from har_vit.checkpoint import load_model
-    from har_vit.efficiency import resolve_device
-    from har_vit.evaluate import predict
-    from har_vit.windows import load_windows
+    from har_vit.core.checkpoint import load_model
+    from har_vit.core.efficiency import resolve_device
+    from har_vit.stages.evaluate import predict
+    from har_vit.stages.windows import load_windows
 
     w = load_windows(windows_dir)
     dev = resolve_device(device)
@@ -78,8 +78,8 @@ def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "a
 def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: str | Path = "models",
         tolerance: float = 0.01, echo: Callable[[str], None] = print) -> RetrainResult:
     """One retrain under the registry lock. LockedError (exit 75) propagates to the caller."""
-    from har_vit import evaluate, ingest, job, train, windows
-    from har_vit.config import as_dict, build
+    from har_vit.stages import evaluate, ingest, job, train, windows
+    from har_vit.core.config import as_dict, build
     from har_vit.datasets import resolve
 
     reg = Registry(registry)

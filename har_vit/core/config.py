@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 T = TypeVar("T")
 

@@ -33,8 +33,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from har_vit.errors import UsageError
-from har_vit.io import write_json, write_text
+from har_vit.core.errors import UsageError
+from har_vit.core.io import write_json, write_text
 
 
 @dataclass(frozen=True)
@@ -107,10 +107,10 @@ def _name(combo: Mapping[str, Any]) -> str:
 
 def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every combination x seed (x fold), evaluate, and write the table; returns sweep.json's dict."""
-    from har_vit import evaluate, train
-    from har_vit.config import build
-    from har_vit.splits import loso_folds
-    from har_vit.windows import load_windows
+    from har_vit.stages import evaluate, train
+    from har_vit.core.config import build
+    from har_vit.core.splits import loso_folds
+    from har_vit.stages.windows import load_windows
 
     out = Path(spec.out)
     w = load_windows(spec.windows)

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from har_vit.config import as_dict
-from har_vit.errors import ArtefactError, DataError, UsageError
-from har_vit.io import begin_stage, file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
+from har_vit.core.config import as_dict
+from har_vit.core.errors import ArtefactError, DataError, UsageError
+from har_vit.core.io import begin_stage, file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
 
 WINDOWS = "windows.npz"
 INDEX = "index.csv"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 MIN_REPEATS = 100  # fewer timed runs make the p90 a statement about two or three samples
 

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 import torch.distributed as dist
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 The levers of the ViT literature for small data, as trainer options:
 
-- augmentation (:mod:`har_vit.augment`), run on the device per batch from its own
+- augmentation (:mod:`har_vit.training.augment`), run on the device per batch from its own
   seeded generator;
 - knowledge distillation from a trained run (``--teacher RUN``): the loss is
   ``(1 - alpha) * CE(student, target) + alpha * T^2 * KL(teacher_T || student_T)`` with
@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from har_vit.augment import Augmenter, soft_cross_entropy
-from har_vit.checkpoint import load_checkpoint, model_from_checkpoint
-from har_vit.errors import UsageError
+from har_vit.training.augment import Augmenter, soft_cross_entropy
+from har_vit.core.checkpoint import load_checkpoint, model_from_checkpoint
+from har_vit.core.errors import UsageError
 
 HEAD_PREFIX = "head."
 

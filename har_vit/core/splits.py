@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 PROTOCOLS = ("subject", "seed", "random", "loso")
 

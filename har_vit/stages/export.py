@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_vit.config import as_dict
-from har_vit.errors import ArtefactError, UsageError
-from har_vit.io import MANIFEST, atomic_path, file_entry, load_npz, read_manifest, write_manifest
-from har_vit.predict import RunInfo, load_run
+from har_vit.core.config import as_dict
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.core.io import MANIFEST, atomic_path, file_entry, load_npz, read_manifest, write_manifest
+from har_vit.stages.predict import RunInfo, load_run
 
 FORMATS = ("torchscript", "onnx")
 FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -103,7 +103,7 @@ class RawInputModel(nn.Module):
         self.register_buffer("std", torch.as_tensor(norm["std"], dtype=torch.float32))
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
-        # Same arithmetic as har_vit.checkpoint.normalise, so predict and the export agree.
+        # Same arithmetic as har_vit.core.checkpoint.normalise, so predict and the export agree.
         return self.model((windows - self.mean) / self.std)
 
 
@@ -167,7 +167,7 @@ def check_onnx(path: Path, opset: int, window: int, channels: int) -> None:
     dims = [(d.dim_param or d.dim_value) for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
     if len(dims) != 3 or not isinstance(dims[0], str) or dims[1:] != [window, channels]:
         raise ArtefactError(f"exported ONNX input {INPUT_NAME!r} has shape {dims}, expected [batch, {window}, "
-                            f"{channels}] with a symbolic batch; this is a bug in har_vit.export")
+                            f"{channels}] with a symbolic batch; this is a bug in har_vit.stages.export")
 
 
 def onnx_runner(path: Path) -> tuple[Runner, str]:
@@ -234,7 +234,7 @@ def parity_windows(info: RunInfo, n: int, seed: int = 0) -> tuple[np.ndarray, st
     when its windows folder and ``split.npz`` are there; otherwise synthetic windows
     drawn with the train mean and std, noted in ``info.notes``.
     """
-    from har_vit.windows import WINDOWS, load_windows
+    from har_vit.stages.windows import WINDOWS, load_windows
 
     T, C = int(info.model.cfg.window), int(info.model.cfg.channels)
     split_path = info.ckpt_path.parent / "split.npz"

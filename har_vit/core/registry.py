@@ -30,8 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from har_vit.errors import ArtefactError, LockedError, UsageError
-from har_vit.io import (MANIFEST, file_entry, load_npz, now_iso, read_manifest, save_npz, write_json,
+from har_vit.core.errors import ArtefactError, LockedError, UsageError
+from har_vit.core.io import (MANIFEST, file_entry, load_npz, now_iso, read_manifest, save_npz, write_json,
                         write_manifest)
 
 PRODUCTION = "production.json"
@@ -80,7 +80,7 @@ class Registry:
 
     def store(self, run_dir: str | os.PathLike, run_id: str, **info: Any) -> Path:
         """Copy a trained and evaluated run folder into ``runs/<run_id>`` (self-contained)."""
-        from har_vit.windows import load_windows
+        from har_vit.stages.windows import load_windows
 
         src = Path(run_dir)
         man = read_manifest(src, "train")
@@ -190,7 +190,7 @@ class Registry:
 
 
 def _store_test_windows(w: dict[str, Any], test: np.ndarray, out: Path) -> None:
-    from har_vit.windows import WindowConfig, write_windows
+    from har_vit.stages.windows import WindowConfig, write_windows
 
     m = w["manifest"]
     arrays = {k: w[k][test] for k in ("X", "y", "subject", "bout", "start", "timestamp")}

@@ -40,13 +40,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from har_vit.checkpoint import load_model, normalise
-from har_vit.config import as_dict, choice_errors
-from har_vit.efficiency import device_label, resolve_device
-from har_vit.errors import ArtefactError, DataError, UsageError
-from har_vit.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
-from har_vit.parse import Parsed, parse_file
-from har_vit.windows import WindowConfig, bout_windows, find_bouts
+from har_vit.core.checkpoint import load_model, normalise
+from har_vit.core.config import as_dict, choice_errors
+from har_vit.core.efficiency import device_label, resolve_device
+from har_vit.core.errors import ArtefactError, DataError, UsageError
+from har_vit.core.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
+from har_vit.datasets.parse import Parsed, parse_file
+from har_vit.stages.windows import WindowConfig, bout_windows, find_bouts
 
 LOG_SUFFIXES = (".txt", ".txt.gz")
 FALLBACK_GAP_S = 1.0  # WindowConfig's default: what every run used unless told otherwise
@@ -66,7 +66,7 @@ class PredictConfig:
             raise UsageError("bad predict option: " + "; ".join(bad))
 
 
-# --- the run a model comes from (shared with har_vit.export) ----------------------------------------
+# --- the run a model comes from (shared with har_vit.stages.export) ----------------------------------------
 
 
 @dataclass

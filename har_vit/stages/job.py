@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from har_vit.config import as_dict, build
-from har_vit.io import write_json
-from har_vit.runid import new_run_id
+from har_vit.core.config import as_dict, build
+from har_vit.core.io import write_json
+from har_vit.core.runid import new_run_id
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Calla
     With ``registry``, the trained run is stored there and, when the registry has no
     production model yet, promoted (retrain decides promotions after that).
     """
-    from har_vit import evaluate, ingest, report, train, windows
+    from har_vit.stages import evaluate, ingest, report, train, windows
     from har_vit.datasets import resolve
 
     layers = (yaml_layer, cli_layer)
@@ -79,7 +79,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Calla
 def _register(result: JobResult, root: Path, echo: Callable[[str], None]) -> JobResult:
     from dataclasses import replace
 
-    from har_vit.registry import Registry
+    from har_vit.core.registry import Registry
 
     reg = Registry(root)
     with reg.lock():

@@ -31,7 +31,7 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
   (batch / median latency).
 - ``measured_with``: torch version, CPU model (/proc/cpuinfo), CUDA device name.
 
-See :mod:`har_vit.efficiency` for how each cost figure is measured.
+See :mod:`har_vit.core.efficiency` for how each cost figure is measured.
 """
 from __future__ import annotations
 
@@ -46,13 +46,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from har_vit import efficiency, plots
-from har_vit.checkpoint import load_model, normalise
-from har_vit.config import as_dict, choice_errors
-from har_vit.errors import ArtefactError, UsageError
-from har_vit.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
+from har_vit.core import efficiency, plots
+from har_vit.core.checkpoint import load_model, normalise
+from har_vit.core.config import as_dict, choice_errors
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.core.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
                         write_text)
-from har_vit.windows import load_windows
+from har_vit.stages.windows import load_windows
 
 EVAL_DIR = "eval"
 PLOTS_DIR = "plots"

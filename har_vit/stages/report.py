@@ -23,10 +23,12 @@ from typing import Any, Mapping, Sequence, Union
 
 import pandas as pd
 
-from har_vit import article, plots
-from har_vit.errors import ArtefactError, UsageError
-from har_vit.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
-from har_vit.io import now_iso, read_manifest, write_bytes, write_json, write_text
+from har_vit.model import article
+
+from har_vit.core import plots
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
+from har_vit.core.io import now_iso, read_manifest, write_bytes, write_json, write_text
 
 LEAKY_PROTOCOLS = ("seed", "random")
 DASH = "—"
@@ -452,7 +454,7 @@ def article_section(chain: Chain) -> list[Block]:
         rows.append((f"accuracy: {name}", fmt(ours.get(_norm(name))), fmt(theirs.get(_norm(name)))))
     return [Heading("Against the article"),
             Table(("figure", "this run", "article"), rows,
-                  caption="Article figures are quoted (har_vit/article.py), not measured here; its split shares "
+                  caption="Article figures are quoted (har_vit/model/article.py), not measured here; its split shares "
                           "users between train and test (leaky). Per-class rows match by class name; a dash "
                           "means the class is not in that set. Our FLOPs count one multiply-add as one FLOP; "
                           "latency depends on hardware and threads (ours: see Efficiency).")]

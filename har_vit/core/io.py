@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from har_vit.errors import ArtefactError
+from har_vit.core.errors import ArtefactError
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from har_vit.errors import UsageError
+from har_vit.core.errors import UsageError
 
 AXES = 3  # rotation acts on (x, y, z) vectors: channels are taken in consecutive groups of 3
 

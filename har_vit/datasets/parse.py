@@ -27,7 +27,7 @@ from typing import Iterator, Mapping
 import numpy as np
 import pandas as pd
 
-from har_vit.errors import DataError
+from har_vit.core.errors import DataError
 
 RAW_PREVIEW = 200  # characters of a quarantined record kept in the quarantine file
 CHUNK_BYTES = 32 << 20  # files are parsed in chunks cut at line ends: bounded memory

@@ -1,0 +1,1 @@
+"""What the stages share: options, workspace paths, io and manifests, errors, run ids, run loading, inference."""
