@@ -36,14 +36,14 @@ def batch(B: int = 64, T: int = 32, C: int = 3, seed: int = 0, dtype=torch.float
 
 
 def run(x, y, num_classes=K, channels=None, norm=None, seed=0, **cfg):
-    aug = Augmenter(AugmentConfig(**cfg), num_classes, channels=channels or x.shape[-1], norm=norm)
+    aug = Augmenter(AugmentConfig.off(**cfg), num_classes, channels=channels or x.shape[-1], norm=norm)
     return aug(x, y, gen(seed))
 
 
 # --- the contract ----------------------------------------------------------------------------------
 
 SINGLE = [dict(jitter=0.1), dict(scale=0.1), dict(rotate=90), dict(time_warp=0.3), dict(mixup=0.4),
-          dict(cutmix=1.0), dict(erase=0.3), FULL, dict(FULL, p=0.5)]
+          dict(cutmix=1.0), dict(erase=0.3), FULL, dict(FULL, aug_p=0.5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
@@ -61,10 +61,10 @@ def test_shapes_and_dtypes(cfg, dtype):
         assert t is y
 
 
-@pytest.mark.parametrize("cfg", [{}, dict(FULL, p=0.0)], ids=["defaults", "p=0"])
+@pytest.mark.parametrize("cfg", [{}, dict(FULL, aug_p=0.0)], ids=["defaults", "aug_p=0"])
 def test_all_off_is_the_identity(cfg):
     x, y = batch()
-    c = AugmentConfig(**cfg)
+    c = AugmentConfig.off(**cfg)
     assert not c.enabled() and not c.mixing
     g = gen()
     state = g.get_state()
@@ -81,7 +81,7 @@ def test_seeded_reproducible_and_resumable():
     c, _ = run(x, y, seed=4, **FULL)
     assert not torch.equal(a, c)
     # Resuming from a saved generator state replays the same batches: nothing else is drawn from.
-    aug, g = Augmenter(AugmentConfig(**FULL), K), gen(5)
+    aug, g = Augmenter(AugmentConfig.off(**FULL), K), gen(5)
     aug(x, y, g)
     state = g.get_state()
     torch.manual_seed(123)
@@ -95,11 +95,11 @@ def test_seeded_reproducible_and_resumable():
 def test_p_picks_windows_independently_per_transform():
     x, y = batch(B=4000, T=8)
     for cfg in (dict(jitter=0.1), dict(scale=0.1), dict(rotate=60), dict(time_warp=0.5), dict(erase=1.0)):
-        xo, _ = run(x, y, p=0.3, **cfg)
+        xo, _ = run(x, y, aug_p=0.3, **cfg)
         changed = (xo != x).flatten(1).any(1).float().mean().item()
         assert changed == pytest.approx(0.3, abs=0.03), cfg
     # Two transforms at p = 0.5: independent picks leave ~1/4 untouched (one shared pick would leave 1/2).
-    xo, _ = run(x, y, p=0.5, jitter=0.1, erase=1.0)
+    xo, _ = run(x, y, aug_p=0.5, jitter=0.1, erase=1.0)
     untouched = (xo == x).flatten(1).all(1).float().mean().item()
     assert untouched == pytest.approx(0.25, abs=0.03)
 
@@ -186,8 +186,8 @@ def test_rotation_is_shared_by_every_3_axis_group():
 
 def test_rotation_needs_channels_in_threes():
     with pytest.raises(UsageError, match="set rotate to 0"):
-        Augmenter(AugmentConfig(rotate=10), K, channels=4)
-    Augmenter(AugmentConfig(jitter=0.1), K, channels=4)  # other transforms do not care
+        Augmenter(AugmentConfig.off(rotate=10), K, channels=4)
+    Augmenter(AugmentConfig.off(jitter=0.1), K, channels=4)  # other transforms do not care
 
 
 def test_scale_in_sensor_units_is_a_gain_on_the_raw_signal():
@@ -341,17 +341,17 @@ def test_erase_runs_after_mixing():
 @pytest.mark.parametrize("bad", [dict(jitter=-0.1), dict(scale=-1), dict(rotate=-5), dict(rotate=190),
                                  dict(time_warp=-0.2), dict(mixup=-1), dict(cutmix=-0.5), dict(erase=1.5),
                                  dict(erase=-0.1), dict(erase_patch=0), dict(erase_patch=2.5), dict(warp_knots=1),
-                                 dict(p=-0.1), dict(p=1.1), dict(jitter=float("nan")), dict(scale="0.1"),
-                                 dict(p=True)])
+                                 dict(aug_p=-0.1), dict(aug_p=1.1), dict(jitter=float("nan")), dict(scale="0.1"),
+                                 dict(aug_p=True)])
 def test_bad_config_is_a_one_line_usage_error(bad):
     with pytest.raises(UsageError) as e:
-        AugmentConfig(**bad)
+        AugmentConfig.off(**bad)
     msg = str(e.value)
     assert "\n" not in msg and next(iter(bad)) in msg
 
 
 def test_config_builds_from_yaml_like_layers():
-    from har_vit.core.config import build
+    from har_vit.core.schema import build
 
     c = build(AugmentConfig, {"jitter": 0.05, "erase-patch": 8, "unrelated": 1}, {"rotate": 30})
     assert c == AugmentConfig(jitter=0.05, erase_patch=8, rotate=30) and c.enabled() and not c.mixing
@@ -359,10 +359,10 @@ def test_config_builds_from_yaml_like_layers():
 
 def test_bad_norm_and_misuse():
     with pytest.raises(UsageError, match="positive std"):
-        Augmenter(AugmentConfig(scale=0.1), K, norm={"mean": [0, 0, 0], "std": [1, 0, 1]})
+        Augmenter(AugmentConfig.off(scale=0.1), K, norm={"mean": [0, 0, 0], "std": [1, 0, 1]})
     with pytest.raises(UsageError, match="3 each"):
-        Augmenter(AugmentConfig(scale=0.1), K, norm={"mean": [0, 0], "std": [1, 1]})
-    aug = Augmenter(AugmentConfig(jitter=0.1), K)
+        Augmenter(AugmentConfig.off(scale=0.1), K, norm={"mean": [0, 0], "std": [1, 1]})
+    aug = Augmenter(AugmentConfig.off(jitter=0.1), K)
     x, y = batch()
     with pytest.raises(ValueError, match=r"\(B, T, 3\)"):
         aug(x[..., :2], y, gen())
@@ -409,7 +409,7 @@ def test_cuda_on_device_seeded_and_sync_free():
     dev = torch.device("cuda")
     x, y = batch(B=512, T=128)
     x, y = x.to(dev), y.to(dev)
-    aug = Augmenter(AugmentConfig(**FULL, p=0.7), K, norm=NORM)
+    aug = Augmenter(AugmentConfig.off(**FULL, aug_p=0.7), K, norm=NORM)
     g = torch.Generator(device=dev).manual_seed(0)
     aug(x, y, g)  # warm-up: lazy init and the norm statistics' one-off copy may sync
     state = g.get_state()

@@ -23,7 +23,7 @@ from har_vit.model import article
 
 from har_vit.core import efficiency
 from har_vit.core.checkpoint import load_model, save_checkpoint
-from har_vit.core.config import build
+from har_vit.core.schema import build
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.stages.evaluate import EvalConfig, classification_metrics, normalize_rows, run
 from har_vit.core.io import file_entry, read_manifest, save_npz, sha256_file, write_json, write_manifest
@@ -271,7 +271,7 @@ def test_eval_config_refuses_fewer_than_100_timed_runs():
         EvalConfig(latency_repeats=10)
     with pytest.raises(UsageError, match="device"):
         build(EvalConfig, {"device": "tpu"})
-    assert build(EvalConfig, {"batch_sizes": [1, 8]}).batch_sizes == (1, 8)
+    assert build(EvalConfig, {"latency_batch_sizes": [1, 8]}).latency_batch_sizes == (1, 8)
 
 
 def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp_path):
@@ -279,7 +279,7 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
     # Default latency_repeats=100 and warmup=10; one thread is steadier on a shared machine.
-    cfg = EvalConfig(device="cpu", batch_sizes=(1, 4), threads=1)
+    cfg = EvalConfig(device="cpu", latency_batch_sizes=(1, 4), threads=1)
     m = run(cfg, run_dir)
     cpu = m["latency_ms"]["cpu"]
     assert cpu["repeats"] == 100 and cpu["warmup"] == 10

@@ -142,7 +142,7 @@ def test_failed_reexport_leaves_the_previous_export_intact(runs, tmp_path, monke
 
 
 def test_options_are_checked():
-    for bad in (dict(format="tflite"), dict(opset=16), dict(tolerance=-1.0), dict(tolerance=float("nan")),
+    for bad in (dict(format="tflite"), dict(opset=16), dict(parity_tolerance=-1.0), dict(parity_tolerance=float("nan")),
                 dict(parity_windows=0), dict(which="worst")):
         with pytest.raises(UsageError):
             ExportConfig(**bad)

@@ -207,8 +207,8 @@ def test_unlabelled_log_rows_probabilities_and_quarantine(run_dir, tmp_path):
 def test_batch_size_does_not_change_predictions(run_dir, tmp_path):
     log = tmp_path / "phone.txt"
     make_unlabelled_log(log)
-    run(PredictConfig(device="cpu", batch_size=512), run_dir, log, tmp_path / "a.csv")
-    run(PredictConfig(device="cpu", batch_size=3), run_dir, log, tmp_path / "b.csv")
+    run(PredictConfig(device="cpu", predict_batch_size=512), run_dir, log, tmp_path / "a.csv")
+    run(PredictConfig(device="cpu", predict_batch_size=3), run_dir, log, tmp_path / "b.csv")
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     pd.testing.assert_frame_equal(a.drop(columns=a.filter(like="p_").columns.tolist() + ["confidence"]),
                                   b.drop(columns=b.filter(like="p_").columns.tolist() + ["confidence"]))
@@ -261,8 +261,8 @@ def test_bad_inputs_are_clear_errors(run_dir, tmp_path):
     junk.write_text("hello world\nnot a log\n")
     with pytest.raises(DataError, match="junk.txt.*quarantined"):
         run(CPU, run_dir, junk, tmp_path / "p.csv")
-    with pytest.raises(UsageError, match="batch_size"):
-        PredictConfig(batch_size=0)
+    with pytest.raises(UsageError, match="predict_batch_size"):
+        PredictConfig(predict_batch_size=0)
     with pytest.raises(UsageError, match="is a folder"):
         run(CPU, run_dir, log, tmp_path)
 

@@ -1,7 +1,7 @@
 """Report stage: sections a reader relies on, run-to-run deltas, the index, self-contained HTML.
 
 Two hand-built runs (see ``build_run`` in test_evaluate.py): ``run-a`` on the subject
-split, trained first, and ``run-b`` on the leaky seed split, trained a month later.
+split, trained first, and ``run-b`` on the leaky per-stream split, trained a month later.
 The browser test needs Debian's ``chromium`` (CI: ``apt-get install -y --no-install-recommends chromium``).
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ WARN_BOX = '<div class="warn"'
 def reports(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     run_a = build_run(root / "a", run_id="run-a", created="2024-01-01T00:00:00+00:00", seed=0)
-    run_b = build_run(root / "b", run_id="run-b", protocol="seed", created="2024-02-01T00:00:00+00:00", seed=1)
+    run_b = build_run(root / "b", run_id="run-b", protocol="per-stream", created="2024-02-01T00:00:00+00:00", seed=1)
     out = root / "reports"
     metrics = {}
     for run_dir in (run_a, run_b):
@@ -76,7 +76,7 @@ def test_leaky_warning_box_on_the_seed_run_only(reports):
 
 @pytest.mark.parametrize("protocol, leaky_flag, warned", [
     ("subject", False, False), ("loso", False, False),
-    ("seed", False, True),  # the protocol alone is enough: the seed cut shares users by construction
+    ("per-stream", False, True),  # the protocol alone is enough: the per-stream cut shares users by construction
     ("random", True, True), ("subject", True, True)])
 def test_leaky_warning_follows_protocol_and_flag(reports, protocol, leaky_flag, warned):
     chain = _with_split(load_chain(reports["runs"]["run-a"]), protocol=protocol, leaky=leaky_flag)
@@ -120,7 +120,7 @@ def test_second_report_shows_the_change_since_the_first(reports):
     assert f"| accuracy | {fmt(a['accuracy'])} | {fmt(b['accuracy'])} | {b['accuracy'] - a['accuracy']:+.4f} |" in md_b
     assert f"| macro F1 | {fmt(a['macro_f1'])} | {fmt(b['macro_f1'])} | {b['macro_f1'] - a['macro_f1']:+.4f} |" in md_b
     assert "| parameters |" in md_b and "+0 |" in md_b
-    assert "Not like for like: split subject -> seed" in md_b
+    assert "Not like for like: split subject -> per-stream" in md_b
 
 
 def test_previous_run_is_chosen_by_training_time_not_report_order(reports, tmp_path):
@@ -137,7 +137,7 @@ def test_index_lists_every_run_newest_first_with_the_trend_plot(reports):
     index = (reports["out"] / "index.html").read_text(encoding="utf-8")
     assert 'href="run-a/report.html"' in index and 'href="run-b/report.html"' in index
     assert index.index("run-b/report.html") < index.index("run-a/report.html")
-    assert "seed (leaky)" in index and fmt(reports["metrics"]["run-a"]["accuracy"]) in index
+    assert "per-stream (leaky)" in index and fmt(reports["metrics"]["run-a"]["accuracy"]) in index
     assert index.count('<img src="data:image/png;base64,') == 1
 
 
@@ -183,7 +183,7 @@ def test_run_id_must_be_a_plain_folder_name(reports, tmp_path):
 def test_real_windows_train_evaluate_report_chain(windows_npz, tmp_path):
     """The real upstream stages honour the contract this stage reads (pre-windowed input: no ingest)."""
     from har_vit.stages import train, windows
-    from har_vit.core.config import build
+    from har_vit.core.schema import build
 
     windows.import_npz(windows.WindowConfig(), windows_npz, tmp_path / "windows")
     cfg = build(train.TrainConfig, {"model": "tiny", "epochs": 1, "batch_size": 32, "device": "cpu",

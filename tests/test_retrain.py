@@ -47,11 +47,11 @@ def test_promote_skip_keep_promote(job):
     assert code == 0 and "skipped" in out and reg.production()["run_id"] == first
 
     # A changed config trains again; a demanding tolerance keeps production.
-    code, out = _retrain(args, "--seed", "1", "--tolerance", "-1.0")
+    code, out = _retrain(args, "--seed", "1", "--promote-tolerance", "-1.0")
     assert code == 0 and "kept production" in out, out
     assert reg.production()["run_id"] == first
 
-    code, out = _retrain(args, "--seed", "2", "--tolerance", "1.0")
+    code, out = _retrain(args, "--seed", "2", "--promote-tolerance", "1.0")
     assert code == 0 and "promoted" in out
     assert reg.production()["run_id"] != first
     assert (reg.run_dir(first) / "best.pt").is_file()  # never deleted
@@ -104,7 +104,7 @@ def test_killed_retrain_leaves_production_untouched(job):
     assert (tmp / "models" / "production.json").read_bytes() == prod
     reg = Registry(tmp / "models")
     assert len(reg.runs()) == 1  # the killed candidate was never stored
-    code, out = _retrain(args, "--seed", "6", "--tolerance", "1.0")  # the lock died with the process
+    code, out = _retrain(args, "--seed", "6", "--promote-tolerance", "1.0")  # the lock died with the process
     assert code == 0 and "promoted" in out
 
 

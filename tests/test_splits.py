@@ -52,7 +52,7 @@ def test_explicit_test_users_and_loso():
 def test_seed_protocol_no_sample_in_two_parts():
     T = 16
     w = _windows(T=T, step=8)  # 50% overlap, like 128/64
-    sp = make_split("seed", w, val_frac=0.1, test_frac=0.2)
+    sp = make_split("per-stream", w, val_frac=0.1, test_frac=0.2)
     assert sp.leaky and _disjoint(sp) and sp.dropped > 0
     samples = {}
     for name, part in (("train", sp.train), ("val", sp.val), ("test", sp.test)):

@@ -33,8 +33,8 @@ def test_grid_sweep_table_and_choice(tmp_path, windows_npz, monkeypatch):
 
 
 def pipeline_yaml(path):
-    from har_vit.core.config import load_yaml
-    return load_yaml(path)
+    from har_vit.core.schema import read_yaml
+    return read_yaml(path)
 
 
 @pytest.mark.parametrize("body,msg", [

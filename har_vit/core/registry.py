@@ -50,20 +50,31 @@ class Registry:
 
     # -- locking -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the registry's exclusive lock; a second holder gets LockedError (exit 75) at once."""
+    def lock(self, wait: float = 0.0) -> Iterator[None]:
+        """Hold the registry's exclusive lock.
+
+        ``wait=0`` (retrain: its lock covers the whole job) gives LockedError (exit 75) at
+        once when another process holds it; a short write (storing a finished run) passes
+        the seconds it may wait, and gets LockedError only when they run out.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                if e.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
-                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-                raise LockedError(f"{path}: registry is locked by {holder}; another retrain is running - "
-                                  "try again later") from None
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as e:
+                    if e.errno not in (errno.EAGAIN, errno.EACCES):
+                        raise
+                    if time.monotonic() >= deadline:
+                        holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+                        waited = f" after waiting {wait:g} s" if wait else ""
+                        raise LockedError(f"{path}: registry is locked by {holder}{waited}; another retrain is "
+                                          "running - try again later") from None
+                    time.sleep(0.05)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {now_iso()}".encode(), 0)
             yield
@@ -155,14 +166,14 @@ class Registry:
             prod = self.production()
             if prod is None:
                 raise UsageError(f"{self.root}: no production model yet; run 'pipeline.py run' or 'retrain' first, "
-                                 "or pass a run folder to --model")
+                                 "or pass a run folder to --run")
             return self.run_dir(prod["run_id"])
         if self.run_dir(spec).is_dir():
             return self.run_dir(spec)
         p = Path(spec)
         if (p / MANIFEST).is_file() or (p / "best.pt").is_file():
             return p
-        raise UsageError(f"--model {spec}: neither 'production', a run id in {self.root / RUNS}, nor a run folder")
+        raise UsageError(f"--run {spec}: neither 'production', a run id in {self.root / RUNS}, nor a run folder")
 
     # -- history ----------------------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:

@@ -2,7 +2,7 @@
 
 - ``subject`` (default, honest): held-out users for test, other held-out users for
   validation, chosen by seed, every class present in each part where possible.
-- ``seed``: the article's protocol. Per user-activity stream, the first 80% of windows
+- ``per-stream``: the article's protocol. Per user-activity stream, the first 80% of windows
   train and the last 20% test; windows straddling a cut are dropped so no sample is in
   two parts. Same users on both sides: leaky.
 - ``random``: random windows. Overlapping windows of one bout land on both sides: leaky.
@@ -17,7 +17,7 @@ import numpy as np
 
 from har_vit.core.errors import UsageError
 
-PROTOCOLS = ("subject", "seed", "random", "loso")
+PROTOCOLS = ("subject", "loso", "per-stream", "random")
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Split:
     description: str
     test_users: tuple[int, ...] = ()
     val_users: tuple[int, ...] = ()
-    dropped: int = 0  # windows straddling a cut (seed protocol)
+    dropped: int = 0  # windows straddling a cut (per-stream protocol)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def make_split(protocol: str, w: dict[str, np.ndarray], seed: int = 0, val_frac:
     y, subject = np.asarray(w["y"]), np.asarray(w["subject"])
     if protocol == "random":
         return _random(y, seed, val_frac, test_frac)
-    if protocol == "seed":
+    if protocol == "per-stream":
         return _stream_cut(w, val_frac, test_frac)
     users = np.unique(subject)
     if protocol == "loso":
@@ -76,7 +76,7 @@ def loso_folds(w: dict[str, np.ndarray]) -> list[int]:
 def _by_subject(protocol: str, y: np.ndarray, subject: np.ndarray, users: np.ndarray, seed: int,
                 val_frac: float, test_frac: float, test_u: np.ndarray | None) -> Split:
     if users.size < 3:
-        raise UsageError(f"split {protocol!r} needs at least 3 users (train, val, test); found {users.size}: use --split seed or random")
+        raise UsageError(f"split {protocol!r} needs at least 3 users (train, val, test); found {users.size}: use --split per-stream or random")
     rng = np.random.default_rng(seed)
     n_classes = int(y.max()) + 1
     classes_of = {int(u): set(np.unique(y[subject == u]).tolist()) for u in users}
@@ -147,7 +147,7 @@ def _stream_cut(w: dict[str, np.ndarray], val_frac: float, test_frac: float) -> 
     is_val = before & (pos >= val_cut)
     is_train = before & (end <= val_cut)
     dropped = int(order.size - is_test.sum() - is_val.sum() - is_train.sum())
-    return Split("seed", np.sort(order[is_train]), np.sort(order[is_val]), np.sort(order[is_test]), True,
+    return Split("per-stream", np.sort(order[is_train]), np.sort(order[is_val]), np.sort(order[is_test]), True,
                  f"article protocol: per user-activity stream first {1 - test_frac:.0%} of windows train "
                  f"(last {val_frac:.0%} of all as validation), last {test_frac:.0%} test; {dropped} windows "
                  "straddling a cut dropped; LEAKY: the same users are in train and test", dropped=dropped)

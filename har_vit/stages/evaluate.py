@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -48,8 +47,9 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from har_vit.core import efficiency, plots
 from har_vit.core.checkpoint import load_model, normalise
-from har_vit.core.config import as_dict, choice_errors
-from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
+from har_vit.core.errors import ArtefactError
 from har_vit.core.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
                         write_text)
 from har_vit.stages.windows import load_windows
@@ -58,34 +58,9 @@ EVAL_DIR = "eval"
 PLOTS_DIR = "plots"
 
 
-@dataclass(frozen=True)
+@schema.config("evaluate")
 class EvalConfig:
     """How to evaluate a run. ``threads=None`` times the CPU with torch's current thread count (recorded)."""
-
-    device: str = "auto"  # auto | cuda | cpu: where the test split is predicted and which latencies are timed
-    which: str = "best"  # checkpoint to evaluate: best | last
-    predict_batch_size: int = 512  # windows per forward when predicting; does not change the metrics
-    latency_repeats: int = 100  # timed runs per (device, batch); >= 100 so that the p90 means something
-    warmup: int = 10  # untimed calls before timing (allocator, caches, cuDNN autotune)
-    batch_sizes: tuple[int, ...] = (1, 256)  # latency batch sizes: 1 = one window online, 256 = offline throughput
-    threads: int | None = None  # CPU intra-op threads for timing; None = torch.get_num_threads()
-    skip_latency: bool = False  # params, FLOPs and metrics only (tests, quick looks)
-    baseline: str = "rf"  # "rf": fit the random-forest baseline on the run's train split and score it beside; "none"
-
-    def __post_init__(self) -> None:
-        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")),
-                            baseline=(self.baseline, ("rf", "none")))
-        if self.latency_repeats < efficiency.MIN_REPEATS:
-            bad.append(f"latency_repeats {self.latency_repeats} < {efficiency.MIN_REPEATS}; "
-                       "use skip_latency for a quick run instead")
-        if self.warmup < 0 or self.predict_batch_size < 1:
-            bad.append(f"warmup ({self.warmup}) must be >= 0 and predict_batch_size ({self.predict_batch_size}) >= 1")
-        if not self.batch_sizes or min(self.batch_sizes) < 1:
-            bad.append(f"batch_sizes {self.batch_sizes} must be positive")
-        if self.threads is not None and self.threads < 1:
-            bad.append(f"threads {self.threads} must be >= 1 (or unset for torch's current count)")
-        if bad:
-            raise UsageError("bad evaluate option: " + "; ".join(bad))
 
 
 def upstream_folder(manifest: Mapping[str, Any]) -> Path | None:
@@ -284,7 +259,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
 
     latency_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cfg.device != "cpu" else [])
     eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,
-                             batch_sizes=cfg.batch_sizes, repeats=cfg.latency_repeats, warmup=cfg.warmup,
+                             batch_sizes=cfg.latency_batch_sizes, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup,
                              threads=cfg.threads, latency=not cfg.skip_latency)
     metrics = {
         "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,

@@ -31,7 +31,6 @@ import contextlib
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -39,7 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from har_vit.core.config import as_dict
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import MANIFEST, atomic_path, file_entry, load_npz, read_manifest, write_manifest
 from har_vit.stages.predict import RunInfo, load_run
@@ -55,31 +55,9 @@ PARITY_BATCH = 64  # largest parity batch; the first two batches are 1 and 3 win
 Runner = Callable[[np.ndarray], np.ndarray]  # (B, T, C) float32 -> (B, K) logits
 
 
-@dataclass(frozen=True)
+@schema.config("export")
 class ExportConfig:
-    format: str = "onnx"  # torchscript | onnx
-    which: str = "best"  # checkpoint of the run: best | last
-    opset: int = 18  # ONNX opset (>= 17; 17 goes through torch's legacy exporter)
-    tolerance: float = 1e-4  # largest allowed |logit difference| exported vs PyTorch
-    parity_windows: int = 512  # test windows compared (onnxruntime or TorchScript)
-    reference_windows: int = 32  # fewer with onnx's pure-Python reference evaluator: it is slow
-    seed: int = 0  # synthetic parity windows, when the run's windows are gone
-
-    def __post_init__(self) -> None:
-        bad = []
-        if self.format not in FORMATS:
-            bad.append(f"format '{self.format}' is not one of {', '.join(FORMATS)}")
-        if self.which not in ("best", "last"):
-            bad.append(f"which '{self.which}' is not one of best, last")
-        if self.opset < MIN_OPSET:
-            bad.append(f"opset {self.opset} < {MIN_OPSET} (the lowest this export supports)")
-        if not self.tolerance >= 0:  # also refuses NaN
-            bad.append(f"tolerance must be >= 0 (got {self.tolerance})")
-        if self.parity_windows < 1 or self.reference_windows < 1:
-            bad.append(f"parity_windows ({self.parity_windows}) and reference_windows ({self.reference_windows}) "
-                       "must be >= 1")
-        if bad:
-            raise UsageError("bad export option: " + "; ".join(bad))
+    """Format and parity check of an export: the ``export`` options of :mod:`har_vit.core.schema`."""
 
 
 class ParityError(ArtefactError):
@@ -268,7 +246,7 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
     """Export checkpoint ``cfg.which`` of the run in ``model_dir`` to ``out_dir``; returns the manifest dict.
 
     Raises :class:`ParityError` (nothing written) when the exported logits differ from
-    PyTorch's by more than ``cfg.tolerance``.
+    PyTorch's by more than ``cfg.parity_tolerance``.
     """
     t0 = time.perf_counter()
     model_dir, out_dir = Path(model_dir), Path(out_dir)
@@ -296,10 +274,10 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
                 write_torchscript(module, example, tmp)
                 runner, runtime = torchscript_runner(tmp)
             diff, agreement, sizes = max_abs_diff(module, runner, X)
-            if not diff <= cfg.tolerance:
+            if not diff <= cfg.parity_tolerance:
                 raise ParityError(
                     f"{cfg.format} export of {info.ckpt_path}: largest |logit difference| {diff:.3g} vs PyTorch on "
-                    f"{len(X)} windows ({data_desc}; {runtime}) exceeds the tolerance {cfg.tolerance:g}; the export "
+                    f"{len(X)} windows ({data_desc}; {runtime}) exceeds the tolerance {cfg.parity_tolerance:g}; the export "
                     "was discarded. If this is float noise raise --tolerance, else report an exporter bug")
             # From here the new file replaces the old; an old manifest must not vouch for it meanwhile.
             (out_dir / MANIFEST).unlink(missing_ok=True)
@@ -318,13 +296,13 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
                   "values": "raw accelerometer readings as logged; normalisation is inside the model"},
         "output": {"name": OUTPUT_NAME, "shape": ["batch", K], "dtype": "float32", "values": "logits"},
         "class_names": info.class_names, "norm": info.ckpt["norm"], "normalisation": "baked into the model",
-        "tolerance": cfg.tolerance, "max_abs_diff": diff, "argmax_agreement": agreement,
+        "tolerance": cfg.parity_tolerance, "max_abs_diff": diff, "argmax_agreement": agreement,
         "n_windows": int(len(X)), "parity_data": data_desc, "runtime": runtime, "batch_sizes_checked": sizes,
         "warnings": list(info.notes),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_manifest(out_dir, "export", **summary)
-    print(f"har_vit export: {target} ({cfg.format}); parity max |logit diff| {diff:.3g} <= {cfg.tolerance:g} on "
+    print(f"har_vit export: {target} ({cfg.format}); parity max |logit diff| {diff:.3g} <= {cfg.parity_tolerance:g} on "
           f"{len(X)} windows ({data_desc}; {runtime})")
     return read_manifest(out_dir, "export")
 

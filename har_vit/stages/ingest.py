@@ -9,13 +9,13 @@ import csv
 import io
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from har_vit.core.config import as_dict
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
 from har_vit.datasets import DatasetOptions, Source, resolve
 from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import begin_stage, file_entry, save_npz, write_bytes, write_manifest
@@ -25,18 +25,12 @@ RECORDS = "records.npz"
 QUARANTINE = "quarantine.csv"
 
 
-@dataclass(frozen=True)
+@schema.config("ingest")
 class IngestConfig:
-    dataset: str = "wisdm"
-    data_path: str | None = None
-    data_dir: str = "data"
-    sensor_device: str = "phone"  # wisdm2019: phone or watch
-    sensor: str = "accel"
-    subjects: tuple[int, ...] = ()
-    progress: bool = True
+    """Which dataset to read and from where: the ``ingest`` options of :mod:`har_vit.core.schema`."""
 
     def dataset_options(self) -> DatasetOptions:
-        return DatasetOptions(Path(self.data_path) if self.data_path else None, Path(self.data_dir),
+        return DatasetOptions(Path(self.data_path) if self.data_path else None, Path(self.data_dir or "data"),
                               self.sensor_device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from har_vit.core.config import as_dict, build
+from har_vit.core.schema import as_dict, build
 from har_vit.core.io import write_json
 from har_vit.core.runid import new_run_id
 
@@ -25,31 +25,28 @@ class JobResult:
     promoted: bool = False
 
 
-def _pick(key: str, default: Any, *layers: Mapping[str, Any]) -> Any:
-    for layer in reversed(layers):
-        if layer.get(key) is not None:
-            return layer[key]
-    return default
+def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, run_id: str | None = None,
+        register: bool = True) -> JobResult:
+    """Run every stage with the resolved options of ``pipeline.py run``; returns where things went.
 
-
-def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Callable[[str], None] = print,
-        run_id: str | None = None, registry: str | Path | None = None) -> JobResult:
-    """Run every stage with configs built from defaults < YAML < CLI; returns where things went.
-
-    With ``registry``, the trained run is stored there and, when the registry has no
-    production model yet, promoted (retrain decides promotions after that).
+    ``values`` holds every option of the command (:func:`har_vit.core.schema.resolve`). The
+    run folder is ``out``, else ``<workdir>/runs/<run id>``. With ``register``, the trained
+    run is stored in the registry and, when the registry has no production model yet,
+    promoted (retrain decides promotions after that).
     """
-    from har_vit.stages import evaluate, ingest, report, train, windows
+    from har_vit.core.workspace import Workspace
     from har_vit.datasets import resolve
+    from har_vit.stages import evaluate, ingest, report, train, windows
 
-    layers = (yaml_layer, cli_layer)
-    ing_cfg = build(ingest.IngestConfig, *layers)
-    win_cfg = build(windows.WindowConfig, *layers)
-    train_cfg = build(train.TrainConfig, *layers)
-    eval_cfg = build(evaluate.EvalConfig, *layers)
+    ws = Workspace.at(values.get("workdir"))
+    values = ws.fill(values, "run")
+    ing_cfg = build(ingest.IngestConfig, values)
+    win_cfg = build(windows.WindowConfig, values)
+    train_cfg = build(train.TrainConfig, values)
+    eval_cfg = build(evaluate.EvalConfig, values)
     run_id = run_id or new_run_id(ing_cfg.dataset, train_cfg.model, train_cfg.split)
-    out = Path(_pick("out", Path("runs") / run_id, *layers))
-    reports_dir = Path(_pick("reports_dir", "reports", *layers))
+    out = Path(values.get("out") or ws.runs / run_id)
+    reports_dir = Path(values["reports_dir"])
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"run_id": run_id, "ingest": as_dict(ing_cfg), "windows": as_dict(win_cfg),
                                      "train": as_dict(train_cfg), "evaluate": as_dict(eval_cfg),
@@ -73,16 +70,16 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], echo: Calla
     path = report.run(out / "model", reports_dir, run_id)
     echo(f"[5/5] report: {path}")
     result = JobResult(run_id, out, out / "model", Path(path), me)
-    return _register(result, Path(registry), echo) if registry is not None else result
+    return _register(result, Path(values["registry"]), values["lock_timeout"], echo) if register else result
 
 
-def _register(result: JobResult, root: Path, echo: Callable[[str], None]) -> JobResult:
+def _register(result: JobResult, root: Path, wait: float, echo: Callable[[str], None]) -> JobResult:
     from dataclasses import replace
 
     from har_vit.core.registry import Registry
 
     reg = Registry(root)
-    with reg.lock():
+    with reg.lock(wait=wait):  # a short write: wait for a retrain or another run to finish theirs
         stored = reg.store(result.model_dir, result.run_id, accuracy=result.metrics["accuracy"],
                            macro_f1=result.metrics["macro_f1"], split=result.metrics.get("split"),
                            report=str(result.report))

@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from har_vit.core.checkpoint import load_model, normalise
-from har_vit.core.config import as_dict, choice_errors
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import ArtefactError, DataError, UsageError
 from har_vit.core.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
@@ -52,18 +53,9 @@ LOG_SUFFIXES = (".txt", ".txt.gz")
 FALLBACK_GAP_S = 1.0  # WindowConfig's default: what every run used unless told otherwise
 
 
-@dataclass(frozen=True)
+@schema.config("predict")
 class PredictConfig:
-    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
-    batch_size: int = 512  # windows per forward pass; does not change the predictions
-    which: str = "best"  # checkpoint of the run: best | last
-
-    def __post_init__(self) -> None:
-        bad = choice_errors(device=(self.device, ("auto", "cuda", "cpu")), which=(self.which, ("best", "last")))
-        if self.batch_size < 1:
-            bad.append(f"batch_size must be >= 1 (got {self.batch_size})")
-        if bad:
-            raise UsageError("bad predict option: " + "; ".join(bad))
+    """How to run a model over new logs: the ``predict`` options of :mod:`har_vit.core.schema`."""
 
 
 # --- the run a model comes from (shared with har_vit.stages.export) ----------------------------------------
@@ -290,7 +282,7 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         raise _too_short(rec, lengths, starts, ws)
 
     t_inf = time.perf_counter()
-    proba = predict_proba(run_info.model, run_info.ckpt["norm"], rec.xyz, first, ws.window, device, cfg.batch_size)
+    proba = predict_proba(run_info.model, run_info.ckpt["norm"], rec.xyz, first, ws.window, device, cfg.predict_batch_size)
     inf_seconds = time.perf_counter() - t_inf
     names = run_info.class_names
     pred = proba.argmax(axis=1)

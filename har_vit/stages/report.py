@@ -30,7 +30,7 @@ from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
 from har_vit.core.io import now_iso, read_manifest, write_bytes, write_json, write_text
 
-LEAKY_PROTOCOLS = ("seed", "random")
+LEAKY_PROTOCOLS = ("per-stream", "random")
 DASH = "—"
 PLOT_CAPTIONS = {
     "confusion_counts.png": "Confusion matrix of the test windows (counts; rows true, columns predicted).",

@@ -36,6 +36,7 @@ class RetrainResult:
     message: str
     run_id: str | None = None
     report: Path | None = None
+    run_dir: Path | None = None  # the candidate's run folder in the workspace
     exit_code: int = EXIT_OK
 
 
@@ -75,30 +76,36 @@ def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "a
     return out
 
 
-def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: str | Path = "models",
-        tolerance: float = 0.01, echo: Callable[[str], None] = print) -> RetrainResult:
-    """One retrain under the registry lock. LockedError (exit 75) propagates to the caller."""
-    from har_vit.stages import evaluate, ingest, job, train, windows
-    from har_vit.core.config import as_dict, build
-    from har_vit.datasets import resolve
+def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> RetrainResult:
+    """One retrain under the registry lock, with the resolved options of ``pipeline.py retrain``.
 
-    reg = Registry(registry)
+    LockedError (exit 75) propagates to the caller: the lock covers the whole job, so a
+    second retrain does not wait for the first.
+    """
+    from har_vit.core.schema import as_dict, build
+    from har_vit.core.workspace import Workspace
+    from har_vit.datasets import resolve
+    from har_vit.stages import evaluate, ingest, job, train, windows
+
+    values = Workspace.at(values.get("workdir")).fill(values, "retrain")
+    tolerance = values["promote_tolerance"]
+    reg = Registry(values["registry"])
     with reg.lock():
-        layers = [dict(yaml_layer), dict(cli_layer)]
-        ing_cfg = build(ingest.IngestConfig, *layers)
+        values = dict(values)
+        ing_cfg = build(ingest.IngestConfig, values)
         source = resolve(ing_cfg.dataset, ing_cfg.dataset_options())
         dhash = data_hash(source)
         # The hash covers what the user asked for; production's test users (added below) follow from it.
-        cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, *layers)),
-                "train": as_dict(build(train.TrainConfig, *layers)), "evaluate": as_dict(build(evaluate.EvalConfig, *layers))}
+        cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, values)),
+                "train": as_dict(build(train.TrainConfig, values)), "evaluate": as_dict(build(evaluate.EvalConfig, values))}
         chash = config_hash(cfgs)
         prod = reg.production()
         prod_dir = reg.run_dir(prod["run_id"]) if prod else None
         if prod_dir is not None:
             # Hold out production's test users so its test windows are unseen by the candidate.
             split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
-            if split.get("protocol") in ("subject", "loso") and split.get("test_users") and not cli_layer.get("test_users"):
-                layers.append({"test_users": tuple(split["test_users"]), "split": "subject"})
+            if split.get("protocol") in ("subject", "loso") and split.get("test_users") and not values.get("test_users"):
+                values.update(test_users=tuple(split["test_users"]), split="subject")
         base = {"data_hash": dhash, "config_hash": chash, "production_run_id": prod["run_id"] if prod else None,
                 "tolerance": tolerance}
         done = [h for h in reg.history() if h.get("status") in ("promoted", "kept")]
@@ -109,7 +116,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
 
         run_id = new_run_id("retrain", cfgs["train"]["model"])
         try:
-            res = job.run(layers[0], {k: v for layer in layers[1:] for k, v in layer.items()}, echo=echo, run_id=run_id)
+            res = job.run(values, echo=echo, run_id=run_id, register=False)
             stored = reg.store(res.model_dir, run_id, data_hash=dhash, config_hash=chash,
                                accuracy=res.metrics["accuracy"], macro_f1=res.metrics["macro_f1"],
                                split=res.metrics.get("split"), report=str(res.report))
@@ -121,7 +128,7 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
             msg = f"promoted {run_id}: first model in {reg.root} (test macro F1 {res.metrics['macro_f1']:.4f})"
             reg.append_history({"status": "promoted", "run_id": run_id, "reason": "no production model",
                                 "candidate_macro_f1": res.metrics["macro_f1"], **base})
-            return RetrainResult("promoted", msg, run_id, res.report)
+            return RetrainResult("promoted", msg, run_id, res.report, res.out)
 
         scores = compare_on({"candidate": stored, "production": prod_dir}, prod_dir / "windows",
                             cfgs["evaluate"]["device"])
@@ -135,8 +142,8 @@ def run(yaml_layer: Mapping[str, Any], cli_layer: Mapping[str, Any], registry: s
             reason = f"candidate macro F1 {cand:.4f} >= production {cur:.4f} - tolerance {tolerance}"
             reg.promote(run_id, reason)
             reg.append_history({"status": "promoted", "reason": reason, **record})
-            return RetrainResult("promoted", f"promoted {run_id}: {reason}", run_id, res.report)
+            return RetrainResult("promoted", f"promoted {run_id}: {reason}", run_id, res.report, res.out)
         reason = f"candidate macro F1 {cand:.4f} < production {cur:.4f} - tolerance {tolerance}"
         reg.append_history({"status": "kept", "reason": reason, **record})
         return RetrainResult("kept", f"kept production {prod['run_id']}: {reason}; candidate stored as {run_id}",
-                             run_id, res.report)
+                             run_id, res.report, res.out)

@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from har_vit.core import schema
 from har_vit.core.errors import UsageError
 from har_vit.core.io import write_json, write_text
 
@@ -67,18 +68,32 @@ class SweepSpec:
         if bool(grid) == bool(rnd):
             raise UsageError("sweep file: give exactly one of 'grid' or 'random'")
 
+        def option(k: Any) -> str:
+            k = str(k).replace("-", "_")
+            o = schema.OPTIONS.get(k)
+            if o is None or "train" not in o.groups:
+                raise UsageError(f"sweep file: {schema.suggest(k, 'train')}")
+            return k
+
+        def value(k: str, v: Any) -> Any:
+            msg = schema.check_value(k, v)
+            if msg:
+                raise UsageError(f"sweep file: {msg}")
+            return v  # as written, so that run names read like the file
+
         def axes(m: Mapping[str, Any]) -> tuple[tuple[str, tuple[Any, ...]], ...]:
             out = []
             for k, v in m.items():
-                vals = tuple(v) if isinstance(v, (list, tuple)) else (v,)
+                k = option(k)
+                vals = tuple(v) if isinstance(v, (list, tuple)) and not schema.OPTIONS[k].multiple else (v,)
                 if not vals:
                     raise UsageError(f"sweep file: option {k!r} has no values")
-                out.append((str(k).replace("-", "_"), vals))
+                out.append((k, tuple(value(k, x) for x in vals)))
             return tuple(out)
 
         return cls(windows=str(body["windows"]), out=str(body["out"]), split=split,
                    seeds=tuple(int(s) for s in body.get("seeds", (0, 1, 2))),
-                   base=tuple((str(k).replace("-", "_"), v) for k, v in (body.get("base") or {}).items()),
+                   base=tuple((option(k), value(option(k), v)) for k, v in (body.get("base") or {}).items()),
                    grid=axes(grid), random_n=int(rnd.get("n", 0)), random_space=axes(rnd.get("space") or {}),
                    folds=tuple(int(f) for f in body.get("folds", ())), random_seed=int(rnd.get("seed", 0)))
 
@@ -108,7 +123,7 @@ def _name(combo: Mapping[str, Any]) -> str:
 def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every combination x seed (x fold), evaluate, and write the table; returns sweep.json's dict."""
     from har_vit.stages import evaluate, train
-    from har_vit.core.config import build
+    from har_vit.core.schema import build
     from har_vit.core.splits import loso_folds
     from har_vit.stages.windows import load_windows
 

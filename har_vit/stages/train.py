@@ -47,115 +47,48 @@ from tqdm import tqdm
 from har_vit.training import distributed
 from har_vit.training.augment import AugmentConfig, Augmenter
 from har_vit.core.checkpoint import load_checkpoint, normalise, save_checkpoint
-from har_vit.core.config import as_dict
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
 from har_vit.training.distributed import DistContext
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import UsageError
 from har_vit.core.io import MANIFEST, file_entry, read_manifest, save_npz, write_json, write_manifest, write_text
 from har_vit.core.runid import new_run_id
-from har_vit.model import create_model, list_models
+from har_vit.model import create_model
 from har_vit.model.variants import CLASSICAL
 from har_vit.training.objective import Objective, load_init, load_teacher, set_frozen
-from har_vit.core.splits import PROTOCOLS, Split, make_split
+from har_vit.core.splits import Split, make_split
 from har_vit.stages.windows import WINDOWS, load_windows
 
-SCHEDULES = ("cosine", "step", "constant")
-DEVICES = ("auto", "cuda", "cpu")
+SCHEDULES = schema.OPTIONS["schedule"].choice_list()
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds",
                   "windows_per_s")
 # Options that change how a run executes, not what it computes: a resume may change them.
 RUNTIME_ONLY = ("device", "compile", "threads", "progress", "eval_batch_size")
 
 
-@dataclass(frozen=True)
+@schema.config("train")
 class TrainConfig:
-    """Everything that defines a training run. Defaults: AdamW, warm-up + cosine, subject split."""
+    """Everything that defines a training run: the ``train`` options of :mod:`har_vit.core.schema`.
 
-    model: str = "tiny"  # a registered variant (har_vit.model.list_models()); "seed" is the article's network
-    epochs: int = 30
-    batch_size: int = 128  # global batch; under torchrun each rank takes batch_size // world
-    lr: float = 5e-4
-    weight_decay: float = 0.05  # AdamW, on weight matrices only (not biases, norms)
-    warmup_epochs: float = 2.0  # linear warm-up from lr / warm-up steps, per step
-    schedule: str = "cosine"  # "cosine" decay to min_lr, "step" (the article's StepLR), "constant"
-    min_lr: float = 1e-6  # floor of the cosine decay
-    step_epochs: int = 10  # "step": multiply the lr by step_gamma every step_epochs epochs
-    step_gamma: float = 0.1  # torch StepLR's default gamma
-    label_smoothing: float = 0.0
-    class_weights: bool = True  # weight the loss by inverse class frequency on train (macro F1 counts every class)
-    patience: int | None = 10  # stop after this many epochs without a better val macro F1; 0 or None: never
-    drop: float | None = None  # override the variant's dropout (None keeps it)
-    drop_path: float | None = None  # override the variant's stochastic depth
-    split: str = "subject"  # har_vit.core.splits protocol
-    seed: int = 0  # split, initialisation, shuffling and dropout
-    val_frac: float = 0.1
-    test_frac: float = 0.2
-    test_users: tuple[int, ...] = ()  # subject split: these users are the test set
-    fold: int | None = None  # loso split: index of the held-out user
-    device: str = "auto"  # auto (CUDA when present) | cuda | cpu
-    compile: bool = False  # torch.compile the model
-    threads: int | None = None  # torch intra-op CPU threads (None: torch's default)
-    progress: bool = True  # tqdm bar per epoch on stderr
-    eval_batch_size: int = 2048  # validation forward batch (memory only, not results)
-    # Augmentation (har_vit.training.augment.AugmentConfig), per batch on the device. On by default: small
-    # rotations, scaling, jitter and time warp; measured on users 29-36 (see bench/results/accuracy.json),
-    # full 180-degree rotations cost ~3 points of macro F1 (they blur sitting vs standing, which the
-    # direction of gravity tells apart). Set each to 0 to turn it off.
-    jitter: float = 0.05
-    scale: float = 0.1
-    rotate: float = 30.0  # degrees
-    time_warp: float = 0.1
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    erase: float = 0.0
-    erase_patch: int = 4
-    aug_p: float = 1.0
-    # Distillation from a trained run (har_vit.training.objective): soft (KL at a temperature) or hard labels.
-    teacher: str | None = None
-    distill: str = "soft"
-    distill_alpha: float = 0.5
-    distill_temperature: float = 4.0
-    # Warm start from a trained run (its head is replaced), optionally frozen for some epochs.
-    init: str | None = None
-    freeze_epochs: int = 0
+    Defaults: AdamW, warm-up + cosine, subject split, light augmentation (small rotations,
+    scaling, jitter, time warp; measured on users 29-36 in bench/results/accuracy.json: full
+    180-degree rotations cost ~3 points of macro F1, since the direction of gravity tells
+    sitting from standing).
+    """
 
     def augment_config(self) -> AugmentConfig:
-        return AugmentConfig(jitter=self.jitter, scale=self.scale, rotate=self.rotate, time_warp=self.time_warp,
-                             mixup=self.mixup, cutmix=self.cutmix, erase=self.erase, erase_patch=self.erase_patch,
-                             p=self.aug_p)
+        return AugmentConfig(**{o.name: getattr(self, o.name) for o in schema.group_options("augment")})
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "test_users", tuple(int(u) for u in self.test_users))
+    def check(self) -> list[str]:
         bad = []
-        if self.model not in list_models():
-            bad.append(f"model '{self.model}' is not one of {', '.join(list_models())}")
-        if self.epochs < 1 or self.batch_size < 1 or self.eval_batch_size < 1:
-            bad.append(f"epochs ({self.epochs}), batch_size ({self.batch_size}) and eval_batch_size must be >= 1")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            bad.append(f"need lr > 0 and 0 <= min_lr <= lr (got lr {self.lr}, min_lr {self.min_lr})")
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            bad.append(f"weight_decay ({self.weight_decay}) and warmup_epochs ({self.warmup_epochs}) must be >= 0")
-        if self.schedule not in SCHEDULES:
-            bad.append(f"schedule '{self.schedule}' is not one of {', '.join(SCHEDULES)}")
-        if self.step_epochs < 1 or not 0 < self.step_gamma <= 1:
-            bad.append(f"need step_epochs >= 1 and 0 < step_gamma <= 1 (got {self.step_epochs}, {self.step_gamma})")
-        if not 0 <= self.label_smoothing < 1:
-            bad.append(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.patience is not None and self.patience < 0:
-            bad.append(f"patience must be >= 1 epoch, or 0 for no early stopping (got {self.patience})")
-        if self.split not in PROTOCOLS:
-            bad.append(f"split '{self.split}' is not one of {', '.join(PROTOCOLS)}")
-        if self.device not in DEVICES:
-            bad.append(f"device '{self.device}' is not one of {', '.join(DEVICES)}")
-        if self.threads is not None and self.threads < 1:
-            bad.append(f"threads must be >= 1 (got {self.threads})")
-        if self.freeze_epochs < 0 or (self.freeze_epochs and not self.init):
-            bad.append(f"freeze_epochs ({self.freeze_epochs}) must be >= 0 and needs --init")
-        if self.distill not in ("soft", "hard"):
-            bad.append(f"distill '{self.distill}' is not one of soft, hard")
-        self.augment_config()  # UsageError for bad augmentation values
-        if bad:
-            raise UsageError("bad training option: " + "; ".join(bad))
+        if self.min_lr > self.lr:
+            bad.append(f"min_lr ({self.min_lr:g}) must be <= lr ({self.lr:g})")
+        if self.freeze_epochs and not self.init:
+            bad.append(f"freeze_epochs ({self.freeze_epochs}) needs --init")
+        if self.val_frac + self.test_frac >= 1:
+            bad.append(f"val_frac + test_frac ({self.val_frac:g} + {self.test_frac:g}) must be < 1")
+        return bad
 
 
 # --- the pieces of a training step (the bench's DataLoader baseline reuses them) -------------------

@@ -12,14 +12,14 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from har_vit.core.config import as_dict
-from har_vit.core.errors import ArtefactError, DataError, UsageError
+from har_vit.core import schema
+from har_vit.core.schema import as_dict
+from har_vit.core.errors import ArtefactError, DataError
 from har_vit.core.io import begin_stage, file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
 
 WINDOWS = "windows.npz"
@@ -27,18 +27,9 @@ INDEX = "index.csv"
 ARRAYS = ("X", "y", "subject", "bout", "start", "timestamp", "class_names")
 
 
-@dataclass(frozen=True)
+@schema.config("windows")
 class WindowConfig:
-    window: int = 128
-    step: int = 64
-    gap_s: float = 1.0
-    ts_per_s: float = 1e9  # WISDM timestamps are nanoseconds
-
-    def __post_init__(self) -> None:
-        if self.window < 2 or self.step < 1:
-            raise UsageError(f"--window must be >= 2 and --step >= 1 (got {self.window}, {self.step})")
-        if self.gap_s <= 0:
-            raise UsageError(f"--gap must be > 0 seconds (got {self.gap_s})")
+    """How records become windows: the ``windows`` options of :mod:`har_vit.core.schema`."""
 
 
 def find_bouts(user: np.ndarray, activity: np.ndarray, timestamp: np.ndarray, source: np.ndarray,

@@ -23,7 +23,7 @@ batch shape, never on the values, so restoring a checkpointed generator state
 continues a run bit-identically. Nothing reads a tensor back to the host, so a GPU
 runs ahead of Python.
 
->>> aug = Augmenter(AugmentConfig(jitter=0.05, rotate=30, mixup=0.2), num_classes=6)
+>>> aug = Augmenter(AugmentConfig.off(jitter=0.05, rotate=30, mixup=0.2), num_classes=6)
 >>> gen = torch.Generator().manual_seed(0)
 >>> x, target = aug(torch.randn(8, 128, 3), torch.randint(0, 6, (8,)), gen)
 >>> x.shape, target.shape, target.dtype
@@ -33,73 +33,43 @@ runs ahead of Python.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from har_vit.core import schema
 from har_vit.core.errors import UsageError
 
 AXES = 3  # rotation acts on (x, y, z) vectors: channels are taken in consecutive groups of 3
 
 
-@dataclass(frozen=True)
+@schema.config("augment")
 class AugmentConfig:
-    """What to augment and how strongly. Every default is off: ``AugmentConfig()`` changes nothing.
+    """What to augment and how strongly: the ``augment`` options of :mod:`har_vit.core.schema`.
 
-    Strengths are in the units the windows are in (normalised units in the trainer),
-    except ``scale`` and ``rotate``, which act in sensor units when the ``Augmenter``
-    is given the normalisation statistics.
+    Defaults are the trainer's (light augmentation on); :meth:`off` turns everything off
+    but what it is given. Strengths are in the units the windows are in (normalised
+    units in the trainer), except ``scale`` and ``rotate``, which act in sensor units
+    when the ``Augmenter`` is given the normalisation statistics.
     """
 
-    jitter: float = 0.0  # std of additive Gaussian noise
-    scale: float = 0.0  # std of a per-window, per-axis gain around 1 (keep it small, ~0.1: a gain < 0 flips an axis)
-    rotate: float = 0.0  # max angle (degrees) of a 3D rotation about a uniform random axis; 180 = any orientation
-    time_warp: float = 0.0  # std of the log playback speed at each warp knot (0.2: speeds within ~0.67x..1.5x)
-    warp_knots: int = 4  # speed knots spread evenly over the window, linearly interpolated between
-    mixup: float = 0.0  # Beta(alpha, alpha) alpha of the per-window mixing share
-    cutmix: float = 0.0  # Beta alpha of the share of time steps replaced by one contiguous segment of the partner
-    erase: float = 0.0  # probability that each patch of erase_patch steps (on a grid from t = 0) is zeroed
-    erase_patch: int = 4  # match the model's patch size to erase whole tokens
-    p: float = 1.0  # probability that a window gets each transform, drawn per window and per transform
-
-    def __post_init__(self) -> None:
-        bad = []
-        for f in fields(self):
-            v = getattr(self, f.name)
-            whole = f.name in ("warp_knots", "erase_patch")
-            kinds = (int,) if whole else (int, float)
-            if isinstance(v, bool) or not isinstance(v, kinds) or not math.isfinite(v):
-                bad.append(f"{f.name} must be a finite {'whole number' if whole else 'number'} (got {v!r})")
-        if bad:
-            raise UsageError("bad augmentation option: " + "; ".join(bad))
-        for name in ("jitter", "scale", "rotate", "time_warp", "mixup", "cutmix"):
-            if getattr(self, name) < 0:
-                bad.append(f"{name} must be >= 0, 0 turns it off (got {getattr(self, name)})")
-        if self.rotate > 180:
-            bad.append(f"rotate is a max angle in degrees, at most 180 (got {self.rotate})")
-        if not 0 <= self.erase <= 1:
-            bad.append(f"erase is a probability in [0, 1] (got {self.erase})")
-        if not 0 <= self.p <= 1:
-            bad.append(f"p is a probability in [0, 1] (got {self.p})")
-        if self.erase_patch < 1:
-            bad.append(f"erase_patch must be >= 1 time step (got {self.erase_patch})")
-        if self.warp_knots < 2:
-            bad.append(f"warp_knots must be >= 2 (got {self.warp_knots})")
-        if bad:
-            raise UsageError("bad augmentation option: " + "; ".join(bad))
+    @classmethod
+    def off(cls, **on: float) -> "AugmentConfig":
+        """Every transform off except those in ``on``: ``AugmentConfig.off(jitter=0.1)`` only adds noise."""
+        zero = {o.name: 0.0 for o in schema.group_options("augment") if o.kind is float and o.name != "aug_p"}
+        return cls(**{**zero, **on})
 
     def enabled(self) -> bool:
         """True when any transform can change a batch."""
         strengths = (self.jitter, self.scale, self.rotate, self.time_warp, self.mixup, self.cutmix, self.erase)
-        return self.p > 0 and any(s > 0 for s in strengths)
+        return self.aug_p > 0 and any(s > 0 for s in strengths)
 
     @property
     def mixing(self) -> bool:
         """True when targets come out soft, ``(B, num_classes)`` float: mixup or cutmix is on."""
-        return self.p > 0 and (self.mixup > 0 or self.cutmix > 0)
+        return self.aug_p > 0 and (self.mixup > 0 or self.cutmix > 0)
 
 
 class Augmenter:
@@ -203,9 +173,9 @@ class Augmenter:
 
     def _pick(self, B: int, gen: torch.Generator, device: torch.device) -> Tensor | None:
         """(B,) bool: the windows this transform touches; None (all of them, no draw) when p == 1."""
-        if self.cfg.p >= 1:
+        if self.cfg.aug_p >= 1:
             return None
-        return torch.rand(B, generator=gen, device=device) < self.cfg.p
+        return torch.rand(B, generator=gen, device=device) < self.cfg.aug_p
 
     def _linear(self, x: Tensor, A: Tensor) -> Tensor:
         """``x_t -> A x_t`` for every step, in sensor units when normalisation statistics are known.

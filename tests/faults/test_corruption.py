@@ -46,8 +46,8 @@ def _one_clear_line(rc, err, name):
 @pytest.mark.parametrize("how", ["flip", "truncate"])
 @pytest.mark.parametrize("target,command", [
     ("m/best.pt", ["evaluate", "--run", "{m}"]),
-    ("m/best.pt", ["predict", "--model", "{m}", "--data-path", "{log}", "--out", "{tmp}/p.csv"]),
-    ("m/best.pt", ["export", "--model", "{m}", "--format", "torchscript", "--out", "{tmp}/x"]),
+    ("m/best.pt", ["predict", "--run", "{m}", "--data-path", "{log}", "--out", "{tmp}/p.csv"]),
+    ("m/best.pt", ["export", "--run", "{m}", "--format", "torchscript", "--out", "{tmp}/x"]),
     ("m/last.pt", ["train", "--in", "{tmp}/w", "--out", "{m}", "--resume", "--epochs", "2"]),
     ("w/windows.npz", ["train", "--in", "{tmp}/w", "--out", "{tmp}/m2"]),
     ("m/manifest.json", ["evaluate", "--run", "{m}"]),

@@ -101,10 +101,10 @@ def test_kill9_during_report_leaves_old_or_complete_pages(tmp_path, windows_dir)
     evaluate.run(evaluate.EvalConfig(skip_latency=True), m)
     reports = tmp_path / "reports"
     for _ in range(3):
-        kill_when(["report", "--run", m, "--reports", reports, "--run-id", "r1"], ready=lambda: True,
+        kill_when(["report", "--run", m, "--reports", reports, "--report-name", "r1"], ready=lambda: True,
                   delay=rng.uniform(0.5, 4.0))
         for page in [reports / "r1" / "report.html", reports / "index.html"]:
             if page.exists():
                 assert page.read_text().rstrip().endswith("</html>"), f"{page} is half-written"
-    rc, _, err = cli("report", "--run", m, "--reports", reports, "--run-id", "r1")
+    rc, _, err = cli("report", "--run", m, "--reports", reports, "--report-name", "r1")
     assert rc == 0, err
