@@ -275,8 +275,8 @@ def sweep(config: str) -> None:
     Example (sweep.yaml: windows, out, split: subject|loso, seeds, base, grid or random):
       python pipeline.py sweep --config sweep.yaml
     """
-    from har_vit.stages import sweep as stage
     from har_vit.core.schema import read_yaml
+    from har_vit.stages import sweep as stage
 
     result = stage.run(stage.SweepSpec.from_mapping(read_yaml(config)), echo=lambda s: click.echo(s, err=True))
     click.echo(f"sweep: chose {result['chosen']} ({result['chosen_by']}) -> {read_yaml(config)['out']}/table.md")

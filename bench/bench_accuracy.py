@@ -49,10 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
-from har_vit.stages.evaluate import predict  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
-from har_vit.stages.train import TrainConfig, fit_norm, run  # noqa: E402
+from har_vit.core.inference import labels  # noqa: E402
+from har_vit.stages.train import TrainConfig, run  # noqa: E402
+from har_vit.training.loop import fit_norm  # noqa: E402
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows  # noqa: E402
 
 SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -117,7 +118,7 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
     m = run(cfg, windows, run_dir)
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
-    pred = predict(model, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
+    pred = labels(model, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
     return {**scores(w["y"][test], pred), "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
             "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 
@@ -260,7 +261,7 @@ def main() -> None:
                 print(f"== {protocol} {model}: {len(row['seeds'])} seed(s) only; not written to {out.name} "
                       f"(runs kept in {RUNS_LOG.name}; rerun with 3 seeds to make the row)")
                 continue
-            rows = merge(out, [row])
+            merge(out, [row])
             print(f"== {protocol} {model} ({recipe}): accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
                   f"macro F1 {row['macro_f1_mean']:.4f} ± {row['macro_f1_std']:.4f} over {len(runs)} models", flush=True)
     print(table(json.loads(out.read_text())) if out.is_file() else "")

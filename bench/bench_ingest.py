@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from har_vit.stages import ingest  # noqa: E402
-from har_vit.datasets import DatasetOptions, resolve  # noqa: E402
 from har_vit.core.efficiency import cpu_model_name  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
+from har_vit.datasets import DatasetOptions, resolve  # noqa: E402
+from har_vit.stages import ingest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

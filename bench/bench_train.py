@@ -2,7 +2,7 @@
 """Training throughput per variant: the on-device trainer against a plain DataLoader pipeline.
 
 Both pipelines train the same model with the same AdamW, per-step LambdaLR schedule,
-loss and autocast (``har_vit.stages.train.train_step``); only the way a batch reaches the model
+loss and autocast (``har_vit.training.loop.train_step``); only the way a batch reaches the model
 differs:
 
 - on-device (what ``har_vit.stages.train.run`` does, ``train_epoch``): the whole training set
@@ -46,8 +46,16 @@ from har_vit.core.checkpoint import save_checkpoint  # noqa: E402
 from har_vit.core.efficiency import device_label, resolve_device  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import create_model, list_models  # noqa: E402
-from har_vit.stages.train import (TrainConfig, build_optimizer, build_scheduler, cpu_copy, evaluate_split,  # noqa: E402
-                           make_loss, run, train_epoch, train_step)
+from har_vit.stages.train import TrainConfig, run  # noqa: E402
+from har_vit.training.loop import (  # noqa: E402
+    build_optimizer,
+    build_scheduler,
+    evaluate_split,
+    make_loss,
+    train_epoch,
+    train_step,
+)
+from har_vit.training.resume import cpu_copy  # noqa: E402
 
 TARGETS = {"seed_windows_per_s": 50_000, "epochs_100_s": 30.0, "speedup_vs_dataloader": 3.0, "on": "NVIDIA H100"}
 VAL_FRAC, TEST_FRAC = 0.1, 0.2

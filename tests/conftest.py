@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from synthetic import ACTIVITIES, make_log
 
 # The real data lies beside the checkout (../shared/data); HAR_VIT_SHARED_DATA points elsewhere.

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from article_reference import ArticleViT
+
 from har_vit.core.errors import UsageError
 from har_vit.model import create_model, from_article_state_dict, to_article_state_dict
 

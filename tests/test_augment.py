@@ -8,9 +8,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from har_vit.training.augment import (AugmentConfig, Augmenter, random_rotations, resample, rodrigues, sample_beta,
-                             soft_cross_entropy, warp_positions)
 from har_vit.core.errors import UsageError
+from har_vit.training.augment import (
+    AugmentConfig,
+    Augmenter,
+    random_rotations,
+    resample,
+    rodrigues,
+    sample_beta,
+    soft_cross_entropy,
+    warp_positions,
+)
 
 K = 6
 FULL = dict(jitter=0.05, scale=0.1, rotate=45, time_warp=0.2, mixup=0.4, cutmix=1.0, erase=0.1)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from har_vit.core.errors import DataError, DownloadError, UsageError
 from har_vit.datasets import wisdm
 from har_vit.datasets.wisdm import (
     ARCHIVE_NAME,
@@ -28,7 +29,6 @@ from har_vit.datasets.wisdm import (
     resolve_wisdm,
     safe_extract,
 )
-from har_vit.core.errors import DataError, DownloadError, UsageError
 
 RAW_LINES = (
     "33,Jogging,49105962326000,-0.6946377,12.680544,0.50395286;\n"

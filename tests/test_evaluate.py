@@ -17,17 +17,33 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score
-
-from har_vit.model import article
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_score,
+    recall_score,
+)
 
 from har_vit.core import efficiency
 from har_vit.core.checkpoint import load_model, save_checkpoint
-from har_vit.core.schema import build
 from har_vit.core.errors import ArtefactError, UsageError
-from har_vit.stages.evaluate import EvalConfig, classification_metrics, normalize_rows, run
-from har_vit.core.io import file_entry, read_manifest, save_npz, sha256_file, write_json, write_manifest
-from har_vit.model import create_model
+from har_vit.core.io import (
+    file_entry,
+    read_manifest,
+    save_npz,
+    sha256_file,
+    write_json,
+    write_manifest,
+)
+from har_vit.core.schema import build
+from har_vit.model import article, create_model
+from har_vit.stages.evaluate import (
+    EvalConfig,
+    classification_metrics,
+    normalize_rows,
+    run,
+)
 
 CLASSES = ("Walking", "Jogging", "Upstairs", "Downstairs", "Sitting", "Standing")
 USERS = (1, 2, 3, 4, 5, 6)

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_predict import C, T, build_run, one_thread  # noqa: F401 (autouse fixture)
 
-from har_vit.stages import export
 from har_vit.core.checkpoint import load_model, normalise
 from har_vit.core.errors import HarVitError, UsageError
-from har_vit.stages.export import ExportConfig, ParityError, parity_batches, run
 from har_vit.core.io import sha256_file, write_json
 from har_vit.model import list_models
-from test_predict import C, T, build_run, one_thread  # noqa: F401 (autouse fixture)
+from har_vit.stages import export
+from har_vit.stages.export import ExportConfig, ParityError, parity_batches, run
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit.stages import evaluate, report
 from har_vit.core.checkpoint import load_model
 from har_vit.model import create_model
 from har_vit.model.forest import fit_forest, num_features, window_features
+from har_vit.stages import evaluate, report
 from har_vit.stages.train import TrainConfig, run
 from har_vit.stages.windows import WindowConfig, import_npz
 

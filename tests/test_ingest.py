@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import WISDM2019, need
-from har_vit.stages import ingest
-from har_vit.datasets import DatasetOptions, resolve
+
 from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import load_npz, read_manifest
+from har_vit.datasets import DatasetOptions, resolve
+from har_vit.stages import ingest
 
 
 def _cfg(path, dataset="wisdm"):

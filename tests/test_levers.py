@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from har_vit.stages import report, evaluate
 from har_vit.core.errors import UsageError
+from har_vit.stages import evaluate, report
 from har_vit.stages.train import TrainConfig, run
 from har_vit.stages.windows import WindowConfig, import_npz
 
@@ -97,6 +97,7 @@ def test_bad_lever_options():
 def test_init_from_the_articles_own_weights(tmp_path, wdir):
     """A state_dict saved by the article's code warm-starts seed: every non-head tensor copied as converted."""
     from article_reference import ArticleViT
+
     from har_vit.model import from_article_state_dict
 
     torch.manual_seed(7)

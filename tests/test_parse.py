@@ -7,10 +7,19 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from har_vit.datasets.parse import (R_DUP_TS, R_FIELDS, R_LABEL, R_MISSING, R_NONNUM, R_ZERO_TS, parse_bytes,
-                           parse_bytes_robust, parse_file)
 from synthetic import LABELS, make_log
+
+from har_vit.datasets.parse import (
+    R_DUP_TS,
+    R_FIELDS,
+    R_LABEL,
+    R_MISSING,
+    R_NONNUM,
+    R_ZERO_TS,
+    parse_bytes,
+    parse_bytes_robust,
+    parse_file,
+)
 
 
 @pytest.mark.parametrize("seed", range(6))

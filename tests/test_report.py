@@ -15,13 +15,27 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from har_vit.model import article
-from har_vit.core.errors import ArtefactError, UsageError
-from har_vit.stages.evaluate import EvalConfig, run as evaluate
-from har_vit.stages.report import (DASH, Alert, Para, Table, article_section, build_report, build_summary, data_section,
-                            fmt, load_chain, render_html, render_markdown, run)
 from test_evaluate import build_run
+
+from har_vit.core.errors import ArtefactError, UsageError
+from har_vit.model import article
+from har_vit.stages.evaluate import EvalConfig
+from har_vit.stages.evaluate import run as evaluate
+from har_vit.stages.report import (
+    DASH,
+    Alert,
+    Para,
+    Table,
+    article_section,
+    build_report,
+    build_summary,
+    data_section,
+    fmt,
+    load_chain,
+    render_html,
+    render_markdown,
+    run,
+)
 
 FAST = EvalConfig(device="cpu", skip_latency=True)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -182,8 +196,8 @@ def test_run_id_must_be_a_plain_folder_name(reports, tmp_path):
 
 def test_real_windows_train_evaluate_report_chain(windows_npz, tmp_path):
     """The real upstream stages honour the contract this stage reads (pre-windowed input: no ingest)."""
-    from har_vit.stages import train, windows
     from har_vit.core.schema import build
+    from har_vit.stages import train, windows
 
     windows.import_npz(windows.WindowConfig(), windows_npz, tmp_path / "windows")
     cfg = build(train.TrainConfig, {"model": "tiny", "epochs": 1, "batch_size": 32, "device": "cpu",

@@ -7,8 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 import pipeline
-from har_vit.stages import sweep
 from har_vit.core.errors import UsageError
+from har_vit.stages import sweep
 from har_vit.stages.windows import WindowConfig, import_npz
 
 

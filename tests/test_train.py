@@ -17,7 +17,8 @@ from har_vit.core.checkpoint import load_model, normalise
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import read_manifest, verify_outputs
 from har_vit.core.runid import PATTERN
-from har_vit.stages.train import TrainConfig, fit_norm, inverse_frequency, lr_factor, run
+from har_vit.stages.train import TrainConfig, run
+from har_vit.training.loop import fit_norm, inverse_frequency, lr_factor
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows
 
 FAST = dict(model="tiny", batch_size=32, warmup_epochs=1, device="cpu", progress=False, threads=1)

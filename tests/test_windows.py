@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import WISDM2019, need
-from har_vit.stages import ingest, windows
+
 from har_vit.core.errors import ArtefactError, DataError
 from har_vit.core.io import load_npz
+from har_vit.stages import ingest, windows
 
 
 def slow_windows(user, act, ts, src, max_gap, T, step):

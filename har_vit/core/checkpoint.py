@@ -21,7 +21,6 @@ import torch
 from har_vit.core.errors import ArtefactError
 from har_vit.core.io import write_bytes
 
-
 INTEGRITY = "integrity"
 
 

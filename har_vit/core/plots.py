@@ -17,9 +17,9 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: headless, and no backend probing on import
 
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from har_vit.core.io import write_bytes  # noqa: E402
 

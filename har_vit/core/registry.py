@@ -31,8 +31,16 @@ from typing import Any, Iterator
 import numpy as np
 
 from har_vit.core.errors import ArtefactError, LockedError, UsageError
-from har_vit.core.io import (MANIFEST, file_entry, load_npz, now_iso, read_manifest, save_npz, write_json,
-                        write_manifest)
+from har_vit.core.io import (
+    MANIFEST,
+    file_entry,
+    load_npz,
+    now_iso,
+    read_manifest,
+    save_npz,
+    write_json,
+    write_manifest,
+)
 
 PRODUCTION = "production.json"
 HISTORY = "retrain_history.jsonl"

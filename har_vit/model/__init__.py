@@ -5,7 +5,11 @@
 >>> model(torch.zeros(2, 128, 3)).shape
 torch.Size([2, 6])
 """
-from har_vit.model.article_weights import from_article_state_dict, is_article_state_dict, to_article_state_dict
+from har_vit.model.article_weights import (
+           from_article_state_dict,
+           is_article_state_dict,
+           to_article_state_dict,
+)
 from har_vit.model.variants import VARIANTS, create_model, list_models
 from har_vit.model.vit import HarViT, ViTConfig, count_flops
 

@@ -45,13 +45,21 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from har_vit.core import efficiency, plots
+from har_vit.core import efficiency, inference, plots, schema
 from har_vit.core.checkpoint import load_model, normalise
-from har_vit.core import schema
-from har_vit.core.schema import as_dict
 from har_vit.core.errors import ArtefactError
-from har_vit.core.io import (MANIFEST, file_entry, load_npz, read_manifest, sha256_file, write_json, write_manifest,
-                        write_text)
+from har_vit.core.io import (
+    MANIFEST,
+    begin_stage,
+    file_entry,
+    load_npz,
+    read_manifest,
+    sha256_file,
+    write_json,
+    write_manifest,
+    write_text,
+)
+from har_vit.core.schema import as_dict
 from har_vit.stages.windows import load_windows
 
 EVAL_DIR = "eval"
@@ -116,18 +124,6 @@ def normalize_rows(cm: np.ndarray) -> np.ndarray:
     cm = np.asarray(cm, dtype=np.float64)
     totals = cm.sum(axis=1, keepdims=True)
     return np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
-
-
-def predict(model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray, device: torch.device,
-            batch_size: int = 512) -> np.ndarray:
-    """Class index per window of ``X`` (N, T, C), normalised with the checkpoint's train statistics."""
-    model = model.to(device).eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(X), batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(X[i:i + batch_size], dtype=np.float32)).to(device)
-            out.append(model(normalise(x, norm)).argmax(dim=1).cpu().numpy())  # (B,)
-    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
 def _check_unchanged(run_dir: Path, manifest: Mapping[str, Any], names: Sequence[str]) -> None:
@@ -226,7 +222,7 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
     t0 = time.perf_counter()
     forest = fit_forest(normalise(torch.from_numpy(w["X"][train]), ckpt["norm"]), w["y"][train], num_classes, seed)
     fit_s = time.perf_counter() - t0
-    pred = predict(forest, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
+    pred = inference.labels(forest, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
     y = w["y"][test]
     return {"model": "rf", "description": "random forest (300 trees) on 79 window statistics, same train and test "
                                           "windows, fitted by scikit-learn",
@@ -239,8 +235,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     train_man = read_manifest(run_dir, "train")
     eval_dir = run_dir / EVAL_DIR
-    # A stale manifest would vouch for a half-rewritten folder if this run crashes.
-    (eval_dir / MANIFEST).unlink(missing_ok=True)
+    begin_stage(eval_dir)  # a stale manifest would vouch for a half-rewritten folder if this run crashes
 
     windows_dir = upstream_folder(train_man)
     if windows_dir is None:
@@ -255,7 +250,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     model, ckpt = load_model(run_dir, cfg.which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
-    y_pred = predict(model, ckpt["norm"], X_test, device, cfg.predict_batch_size)
+    y_pred = inference.labels(model, ckpt["norm"], X_test, device, cfg.predict_batch_size)
 
     latency_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cfg.device != "cpu" else [])
     eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,

@@ -39,10 +39,17 @@ import torch
 from torch import nn
 
 from har_vit.core import schema
-from har_vit.core.schema import as_dict
 from har_vit.core.errors import ArtefactError, UsageError
-from har_vit.core.io import MANIFEST, atomic_path, file_entry, load_npz, read_manifest, write_manifest
-from har_vit.stages.predict import RunInfo, load_run
+from har_vit.core.io import (
+    atomic_path,
+    begin_stage,
+    file_entry,
+    load_npz,
+    read_manifest,
+    write_manifest,
+)
+from har_vit.core.runs import RunInfo, load_run
+from har_vit.core.schema import as_dict
 
 FORMATS = ("torchscript", "onnx")
 FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
@@ -278,9 +285,9 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
                 raise ParityError(
                     f"{cfg.format} export of {info.ckpt_path}: largest |logit difference| {diff:.3g} vs PyTorch on "
                     f"{len(X)} windows ({data_desc}; {runtime}) exceeds the tolerance {cfg.parity_tolerance:g}; the export "
-                    "was discarded. If this is float noise raise --tolerance, else report an exporter bug")
+                    "was discarded. If this is float noise raise --parity-tolerance, else report an exporter bug")
             # From here the new file replaces the old; an old manifest must not vouch for it meanwhile.
-            (out_dir / MANIFEST).unlink(missing_ok=True)
+            begin_stage(out_dir)
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # we made it and left nothing in it

@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from har_vit.core import schema
+from har_vit.core.errors import DataError, UsageError
+from har_vit.core.io import (
+    begin_stage,
+    file_entry,
+    save_npz,
+    write_bytes,
+    write_manifest,
+)
 from har_vit.core.schema import as_dict
 from har_vit.datasets import DatasetOptions, Source, resolve
-from har_vit.core.errors import DataError, UsageError
-from har_vit.core.io import begin_stage, file_entry, save_npz, write_bytes, write_manifest
 from har_vit.datasets.parse import Parsed, parse_file
 
 RECORDS = "records.npz"

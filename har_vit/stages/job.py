@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from har_vit.core.schema import as_dict, build
 from har_vit.core.io import write_json
 from har_vit.core.runid import new_run_id
+from har_vit.core.schema import as_dict, build
 
 
 @dataclass(frozen=True)

@@ -31,117 +31,34 @@ import csv
 import io
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
-from har_vit.core.checkpoint import load_model, normalise
-from har_vit.core import schema
-from har_vit.core.schema import as_dict
+from har_vit.core import inference, schema
 from har_vit.core.efficiency import device_label, resolve_device
-from har_vit.core.errors import ArtefactError, DataError, UsageError
-from har_vit.core.io import MANIFEST, file_entry, now_iso, read_manifest, versions, write_json, write_text
+from har_vit.core.errors import DataError, UsageError
+from har_vit.core.io import (
+    file_entry,
+    now_iso,
+    versions,
+    write_json,
+    write_text,
+)
+from har_vit.core.runs import WindowSettings, load_run, window_settings
+from har_vit.core.schema import as_dict
 from har_vit.datasets.parse import Parsed, parse_file
-from har_vit.stages.windows import WindowConfig, bout_windows, find_bouts
+from har_vit.stages.windows import bout_windows, find_bouts
 
 LOG_SUFFIXES = (".txt", ".txt.gz")
-FALLBACK_GAP_S = 1.0  # WindowConfig's default: what every run used unless told otherwise
 
 
 @schema.config("predict")
 class PredictConfig:
     """How to run a model over new logs: the ``predict`` options of :mod:`har_vit.core.schema`."""
-
-
-# --- the run a model comes from (shared with har_vit.stages.export) ----------------------------------------
-
-
-@dataclass
-class RunInfo:
-    """A trained model and what its run folder says about it."""
-
-    model: nn.Module  # eval mode, on the CPU
-    ckpt: dict[str, Any]
-    ckpt_path: Path
-    manifest: dict[str, Any] | None  # the train manifest; None when the run never finished
-    windows_dir: Path | None  # the windows folder it was trained on, None when the manifest names none
-    class_names: list[str]
-    run_id: str
-    notes: list[str] = field(default_factory=list)  # what the user should know (fallbacks)
-
-
-def load_run(model_dir: str | Path, which: str = "best") -> RunInfo:
-    """Load checkpoint ``which`` of a train run folder and read its manifest.
-
-    A folder without the checkpoint is an ArtefactError. A missing train manifest
-    (a run stopped before its end; ``best.pt`` is still a complete file) is allowed and
-    noted; a corrupt one, or a manifest of another stage, is an ArtefactError.
-    """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise ArtefactError(f"{model_dir}: model folder not found; pass a train run folder (holding {which}.pt)")
-    model, ckpt = load_model(model_dir, which)
-    notes = []
-    manifest = None
-    if (model_dir / MANIFEST).is_file():
-        manifest = read_manifest(model_dir, "train")
-    else:
-        notes.append(f"{model_dir}: no train manifest (the run did not finish); using {which}.pt as it is")
-    if "norm" not in ckpt or {"mean", "std"} - set(ckpt["norm"]):
-        raise ArtefactError(f"{model_dir / (which + '.pt')}: checkpoint has no normalisation (norm.mean/std); "
-                            "retrain with 'pipeline.py train'")
-    num_classes = model.cfg.num_classes
-    names = [str(c) for c in ckpt.get("class_names") or (manifest or {}).get("class_names") or []]
-    if len(names) != num_classes:
-        raise ArtefactError(f"{model_dir / (which + '.pt')}: {len(names)} class names for a model with "
-                            f"{num_classes} outputs; retrain the run")
-    inputs = (manifest or {}).get("inputs")
-    up = inputs.get("upstream") if isinstance(inputs, Mapping) else None
-    run_id = str((manifest or {}).get("run_id") or model_dir.resolve().name)
-    return RunInfo(model, ckpt, model_dir / f"{which}.pt", manifest, Path(up) if up else None, names, run_id, notes)
-
-
-@dataclass(frozen=True)
-class WindowSettings:
-    window: int
-    step: int
-    gap_s: float
-    ts_per_s: float
-    source: str  # where they came from: the windows manifest, or "fallback: <why>"
-
-    @property
-    def max_gap(self) -> float:
-        """Largest step between two records of one bout, in timestamp units."""
-        return self.gap_s * self.ts_per_s
-
-
-def window_settings(run: RunInfo) -> WindowSettings:
-    """The window, step and gap the model was trained with (see the module docstring)."""
-    T = int(run.model.cfg.window)
-    wdir = run.windows_dir
-    if wdir is not None and wdir.exists():
-        m = read_manifest(wdir, "windows")  # present but unfinished or corrupt: an ArtefactError, not a guess
-        try:
-            window, step, gap = int(m["window"]), int(m["step"]), float(m["gap_s"])
-        except (KeyError, TypeError, ValueError):
-            raise ArtefactError(f"{wdir / MANIFEST}: no window/step/gap_s; re-run the windows stage") from None
-        ts_per_s = float((m.get("config") or {}).get("ts_per_s", WindowConfig.ts_per_s))
-        if window != T:
-            raise ArtefactError(f"{wdir / MANIFEST}: window {window} but the model in {run.ckpt_path} takes {T} "
-                                "samples; the run's windows folder was rebuilt after training - retrain")
-        return WindowSettings(window, step, gap, ts_per_s, f"windows manifest {wdir / MANIFEST}")
-    why = (f"the run's windows folder {wdir} is gone" if wdir is not None
-           else "the run names no windows folder")
-    step = max(T // 2, 1)
-    note = (f"{why}: windowing with the checkpoint's window {T}, step {step} and gap {FALLBACK_GAP_S} s "
-            "(fallback; the model may have been trained with other step/gap settings)")
-    run.notes.append(note)
-    return WindowSettings(T, step, FALLBACK_GAP_S, WindowConfig.ts_per_s, f"fallback: {why}")
 
 
 # --- inputs ---------------------------------------------------------------------------------------
@@ -227,26 +144,6 @@ def _too_short(rec: Records, lengths: np.ndarray, starts: np.ndarray, ws: Window
 # --- inference ------------------------------------------------------------------------------------
 
 
-def predict_proba(model: nn.Module, norm: Mapping[str, Any], xyz: np.ndarray, first: np.ndarray, window: int,
-                  device: torch.device, batch_size: int = 512) -> np.ndarray:
-    """Class probabilities ``(N, K)`` float32 of the windows starting at records ``first``.
-
-    Windows are gathered from ``xyz`` (records, C) one batch at a time, so memory
-    holds one batch of windows, never all of them (they overlap: N * T >> records).
-    """
-    model = model.to(device).eval()
-    offsets = np.arange(window)
-    out = []
-    with torch.inference_mode():
-        for i in range(0, first.shape[0], batch_size):
-            idx = first[i:i + batch_size, None] + offsets  # (B, T) record indices
-            x = torch.from_numpy(xyz[idx]).to(device)  # (B, T, C)
-            logits = model(normalise(x, norm)).float()  # (B, K)
-            out.append(torch.softmax(logits, dim=1).cpu().numpy())
-    k = int(model.cfg.num_classes) if hasattr(model, "cfg") else 0
-    return np.concatenate(out) if out else np.zeros((0, k), np.float32)
-
-
 # --- the stage ------------------------------------------------------------------------------------
 
 
@@ -282,7 +179,8 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         raise _too_short(rec, lengths, starts, ws)
 
     t_inf = time.perf_counter()
-    proba = predict_proba(run_info.model, run_info.ckpt["norm"], rec.xyz, first, ws.window, device, cfg.predict_batch_size)
+    proba = inference.probabilities(run_info.model, run_info.ckpt["norm"], inference.Strided(rec.xyz, first, ws.window),
+                                    device, cfg.predict_batch_size)
     inf_seconds = time.perf_counter() - t_inf
     names = run_info.class_names
     pred = proba.argmax(axis=1)
@@ -364,5 +262,4 @@ def _quarantine_csv(rec: Records) -> str:
     return buf.getvalue()
 
 
-__all__ = ["PredictConfig", "RunInfo", "WindowSettings", "load_run", "log_files", "predict_proba", "read_logs",
-           "run", "sidecar", "window_settings"]
+__all__ = ["PredictConfig", "log_files", "read_logs", "run", "sidecar"]

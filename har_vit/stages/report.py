@@ -23,12 +23,11 @@ from typing import Any, Mapping, Sequence, Union
 
 import pandas as pd
 
-from har_vit.model import article
-
 from har_vit.core import plots
 from har_vit.core.errors import ArtefactError, UsageError
-from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
 from har_vit.core.io import now_iso, read_manifest, write_bytes, write_json, write_text
+from har_vit.model import article
+from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
 
 LEAKY_PROTOCOLS = ("per-stream", "random")
 DASH = "—"

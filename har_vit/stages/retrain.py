@@ -24,8 +24,8 @@ import numpy as np
 
 from har_vit.core.errors import HarVitError
 from har_vit.core.io import sha256_file
-from har_vit.core.runid import new_run_id
 from har_vit.core.registry import Registry
+from har_vit.core.runid import new_run_id
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
@@ -59,9 +59,9 @@ def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "a
     """Macro F1 of each run's best model on the same windows (all of ``windows_dir``)."""
     from sklearn.metrics import f1_score
 
+    from har_vit.core import inference
     from har_vit.core.checkpoint import load_model
     from har_vit.core.efficiency import resolve_device
-    from har_vit.stages.evaluate import predict
     from har_vit.stages.windows import load_windows
 
     w = load_windows(windows_dir)
@@ -70,7 +70,7 @@ def compare_on(run_dirs: Mapping[str, Path], windows_dir: Path, device: str = "a
     out = {}
     for name, d in run_dirs.items():
         model, ckpt = load_model(d)
-        pred = predict(model, ckpt["norm"], w["X"], dev, 512)
+        pred = inference.labels(model, ckpt["norm"], w["X"], dev, 512)
         out[name] = float(f1_score(w["y"], pred, labels=labels[np.isin(labels, np.concatenate([w["y"], pred]))],
                                    average="macro", zero_division=0))
     return out

@@ -122,9 +122,9 @@ def _name(combo: Mapping[str, Any]) -> str:
 
 def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every combination x seed (x fold), evaluate, and write the table; returns sweep.json's dict."""
-    from har_vit.stages import evaluate, train
     from har_vit.core.schema import build
     from har_vit.core.splits import loso_folds
+    from har_vit.stages import evaluate, train
     from har_vit.stages.windows import load_windows
 
     out = Path(spec.out)

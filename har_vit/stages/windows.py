@@ -18,9 +18,18 @@ from typing import Any
 import numpy as np
 
 from har_vit.core import schema
-from har_vit.core.schema import as_dict
 from har_vit.core.errors import ArtefactError, DataError
-from har_vit.core.io import begin_stage, file_entry, load_npz, read_manifest, save_npz, verify_outputs, write_bytes, write_manifest
+from har_vit.core.io import (
+    begin_stage,
+    file_entry,
+    load_npz,
+    read_manifest,
+    save_npz,
+    verify_outputs,
+    write_bytes,
+    write_manifest,
+)
+from har_vit.core.schema import as_dict
 
 WINDOWS = "windows.npz"
 INDEX = "index.csv"

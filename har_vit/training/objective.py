@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from har_vit.training.augment import Augmenter, soft_cross_entropy
 from har_vit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from har_vit.core.errors import UsageError
+from har_vit.training.augment import Augmenter, soft_cross_entropy
 
 HEAD_PREFIX = "head."
 

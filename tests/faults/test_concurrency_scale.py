@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from faultkit import PIPELINE, ROOT, cli
 
 

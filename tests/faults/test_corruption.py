@@ -4,15 +4,14 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from faultkit import cli, make_rng
+
 from har_vit.stages import evaluate, train
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     import numpy as np
-
     from synthetic import ACTIVITIES
     tmp = tmp_path_factory.mktemp("corrupt")
     rng = np.random.default_rng(0)

@@ -5,13 +5,13 @@ import tarfile
 from io import BytesIO
 
 import pytest
+from faultkit import cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from synthetic import LABELS, make_log
 
-from faultkit import cli
 from har_vit.core.errors import HarVitError
 from har_vit.datasets.parse import parse_bytes, parse_file
-from synthetic import LABELS, make_log
 
 GOOD = "7,Walking,{t},0.1,9.8,0.3;\n"
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from faultkit import cli, kill_when, make_rng
-from har_vit.core.io import read_manifest, verify_outputs
 from synthetic import make_log
+
+from har_vit.core.io import read_manifest, verify_outputs
 
 TRAIN_YAML = "model: tiny\nepochs: 6\nbatch_size: 32\nprogress: false\nthreads: 1\nwarmup_epochs: 1\n"
 
