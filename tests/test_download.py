@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from har_vit.core.errors import DataError, DownloadError, UsageError
+from har_vit.datasets import download as wisdm_download
 from har_vit.datasets import wisdm
 from har_vit.datasets.wisdm import (
     ARCHIVE_NAME,
@@ -294,7 +295,7 @@ def test_download_checks_size_and_sha(server, tmp_path):
 
 
 def test_download_refuses_more_than_the_cap(server, tmp_path, monkeypatch):
-    monkeypatch.setattr(wisdm, "MAX_DOWNLOAD_BYTES", 100)
+    monkeypatch.setattr(wisdm_download, "MAX_DOWNLOAD_BYTES", 100)
     with pytest.raises(DownloadError, match="over the 100-byte cap"):
         download(server.serve("/big", b"x" * 101), tmp_path / "big", progress=False)
     assert files_under(tmp_path) == []

@@ -1,7 +1,9 @@
 """Datasets behind one registry, each selected by ``--dataset NAME [--data-path PATH]``.
 
-A dataset resolves to a :class:`Source`: either raw WISDM-format logs plus the label
-map that names their activities, or a pre-windowed ``.npz`` file.
+A dataset resolves to a :class:`Source`: either raw logs plus the label map that names
+their activities, the reader that parses them and the number of channels it yields, or a
+pre-windowed ``.npz`` file. A new log format is a new reader here; the stages only call
+``source.parse(file, source.labels)``.
 
 >>> sorted(DATASETS)
 ['npz', 'wisdm', 'wisdm2019']
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from har_vit.core.errors import DataError, UsageError
+from har_vit.datasets.parse import Parsed, parse_file
 
 # WISDM v1.1 activities, in the index order of the public pre-windowed copies (alphabetical).
 WISDM_V11_CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking")
@@ -28,6 +31,8 @@ class Source:
     files: tuple[Path, ...] = ()
     labels: dict[str, int] = field(default_factory=dict)  # raw label -> class index
     windows_npz: Path | None = None
+    parse: Callable[[Path, dict[str, int]], Parsed] = parse_file  # one log file -> kept and quarantined records
+    channels: int = 3  # what ``parse`` yields per record (x, y, z acceleration)
 
     @property
     def prewindowed(self) -> bool:

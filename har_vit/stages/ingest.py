@@ -10,7 +10,7 @@ import io
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -40,7 +40,8 @@ class IngestConfig:
                               self.sensor_device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
 
 
-def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int]) -> tuple[list[Parsed], list[Path]]:
+def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int],
+                 parse: Callable[[Path, dict[str, int]], Parsed] = parse_file) -> tuple[list[Parsed], list[Path]]:
     """Parse each file; a missing, empty or wholly quarantined file is a DataError naming it."""
     parsed = []
     for f in files:
@@ -49,7 +50,7 @@ def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int]) -
             raise DataError(f"{f}: file not found; check --data-path")
         if f.stat().st_size == 0:
             raise DataError(f"{f}: file is empty; it holds no WISDM records (remove it or re-download)")
-        p = parse_file(f, labels)
+        p = parse(f, labels)
         if p.total == 0:
             raise DataError(f"{f}: no records found (only blank lines); is this a WISDM log?")
         if p.kept == 0:
@@ -67,7 +68,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
     if source.prewindowed:
         raise UsageError(f"dataset {source.dataset!r} is already windowed: run 'pipeline.py windows --dataset npz "
                          "--data-path FILE' instead of ingest")
-    parsed, files = ingest_files(source.files, source.labels)
+    parsed, files = ingest_files(source.files, source.labels, source.parse)
     out = begin_stage(out_dir)
     n = [p.kept for p in parsed]
     cols = {
@@ -78,6 +79,9 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
         "source": np.repeat(np.arange(len(parsed), dtype=np.int64), n),
         "line": np.concatenate([p.line for p in parsed]),
     }
+    if cols["xyz"].ndim != 2 or cols["xyz"].shape[1] != source.channels:  # a reader bug, not user input
+        raise AssertionError(f"reader of {source.dataset} gave {cols['xyz'].shape[1:]} values per record, "
+                             f"declared {source.channels}")
     save_npz(out / RECORDS, **cols, class_names=np.array(source.class_names))
     write_bytes(out / QUARANTINE, _quarantine_csv(parsed, files))
 
@@ -98,6 +102,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
         "records_kept": kept,
         "records_quarantined": dict(sorted(reasons.items())),
         "class_names": list(source.class_names),
+        "channels": source.channels,
         "per_user": {str(int(u)): int(c) for u, c in zip(users, ucount)},
         "per_activity": {name: int(c) for name, c in zip(source.class_names, acts)},
         "seconds": round(time.perf_counter() - t0, 3),
