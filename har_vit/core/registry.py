@@ -41,6 +41,7 @@ from har_vit.core.io import (
     write_json,
     write_manifest,
 )
+from har_vit.core.workspace import Workspace
 
 PRODUCTION = "production.json"
 HISTORY = "retrain_history.jsonl"
@@ -51,10 +52,13 @@ _KEEP = ("best.pt", "history.json", "history.csv")
 
 
 class Registry:
-    """A registry folder. ``Registry("models").production()`` -> the serving run's entry or None."""
+    """A registry folder. ``Registry("models").production()`` -> the serving run's entry or None.
 
-    def __init__(self, root: str | os.PathLike = "models") -> None:
-        self.root = Path(root)
+    Without ``root``, the workspace's ``models/`` (:class:`har_vit.core.workspace.Workspace`).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root) if root is not None else Workspace.at().models
 
     # -- locking -------------------------------------------------------------------------
     @contextlib.contextmanager

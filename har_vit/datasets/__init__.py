@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from har_vit.core.errors import DataError, UsageError
+from har_vit.core.workspace import Workspace
 from har_vit.datasets.parse import Parsed, parse_file
 
 # WISDM v1.1 activities, in the index order of the public pre-windowed copies (alphabetical).
@@ -42,7 +43,7 @@ class Source:
 @dataclass(frozen=True)
 class DatasetOptions:
     data_path: Path | None = None
-    data_dir: Path = Path("data")
+    data_dir: Path = field(default_factory=lambda: Workspace.at().data)
     sensor_device: str = "phone"  # wisdm2019: phone or watch
     sensor: str = "accel"
     subjects: tuple[int, ...] = ()  # wisdm2019: subset of subject ids (empty = all present)

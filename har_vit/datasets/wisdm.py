@@ -33,7 +33,6 @@ import os
 import re
 from pathlib import Path
 
-
 from har_vit.core.errors import DataError, DownloadError, UsageError
 from har_vit.core.io import sha256_file, write_text
 from har_vit.datasets.download import _by_hand, _check_archive, download, safe_extract

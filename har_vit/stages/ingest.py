@@ -24,6 +24,7 @@ from har_vit.core.io import (
     write_manifest,
 )
 from har_vit.core.schema import as_dict
+from har_vit.core.workspace import Workspace
 from har_vit.datasets import DatasetOptions, Source, resolve
 from har_vit.datasets.parse import Parsed, parse_file
 
@@ -36,7 +37,8 @@ class IngestConfig:
     """Which dataset to read and from where: the ``ingest`` options of :mod:`har_vit.core.schema`."""
 
     def dataset_options(self) -> DatasetOptions:
-        return DatasetOptions(Path(self.data_path) if self.data_path else None, Path(self.data_dir or "data"),
+        data_dir = Path(self.data_dir) if self.data_dir else Workspace.at().data
+        return DatasetOptions(Path(self.data_path) if self.data_path else None, data_dir,
                               self.sensor_device, self.sensor, tuple(int(s) for s in self.subjects), self.progress)
 
 

@@ -26,6 +26,7 @@ import pandas as pd
 from har_vit.core import plots
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import now_iso, read_manifest, write_bytes, write_json, write_text
+from har_vit.core.workspace import Workspace
 from har_vit.model import article
 from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
 
@@ -561,14 +562,17 @@ def write_index(reports_dir: Path) -> Path:
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike = Path("reports"),
+def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike | None = None,
         run_id: str | None = None) -> Path:
-    """Write ``reports_dir/<run_id>/report.{md,html}`` and ``summary.json``, rebuild the index; return report.html."""
+    """Write ``reports_dir/<run_id>/report.{md,html}`` and ``summary.json``, rebuild the index; return report.html.
+
+    ``reports_dir`` defaults to the workspace's ``reports/`` (:class:`har_vit.core.workspace.Workspace`).
+    """
     chain = load_chain(run_dir)
     run_id = str(run_id or chain.train.get("run_id") or Path(run_dir).resolve().name)
     if not _RUN_ID.match(run_id):
         raise UsageError(f"run id '{run_id}' must be a plain folder name (letters, digits, '.', '_', '-')")
-    reports_dir = Path(reports_dir)
+    reports_dir = Path(reports_dir) if reports_dir is not None else Workspace.at().reports
     out = reports_dir / run_id
     summary = build_summary(chain, run_id)
     previous = previous_run(load_summaries(reports_dir), summary)
