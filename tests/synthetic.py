@@ -61,8 +61,8 @@ def make_log(seed: int = 0, users: tuple[int, ...] = (1, 2, 3), bout_len: tuple[
 def _quirks(u: int, act: str, t: int, q: Counter, rng: np.random.Generator) -> list[str]:
     lines = ["", "   "]  # blank lines are not records
     bad = [
-        (f"{u},{act},{t},1.0,2.0,;", "missing or NaN value"),
-        (f"{u},{act},{t},NaN,2.0,3.0;", "missing or NaN value"),
+        (f"{u},{act},{t},1.0,2.0,;", "missing value"),
+        (f"{u},{act},{t},NaN,2.0,3.0;", "nan"),
         (f"{u},{act},{t},abc,2.0,3.0;", "non-numeric value"),
         (f"{u},Flying,{t},1.0,2.0,3.0;", "unknown activity"),
         (f"{u},{act},0,1.0,2.0,3.0;", "zero timestamp"),

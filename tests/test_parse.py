@@ -14,6 +14,7 @@ from har_vit.datasets.parse import (
     R_FIELDS,
     R_LABEL,
     R_MISSING,
+    R_NAN,
     R_NONNUM,
     R_ZERO_TS,
     parse_bytes,
@@ -59,9 +60,10 @@ def test_quirks_of_the_official_format():
     assert r.timestamp.tolist() == [49105962326000, 49106062271000, 49106112167000]
     assert r.activity.tolist() == [1, 1, 1]
     np.testing.assert_allclose(r.xyz[0], [-0.69, 12.68, 0.50], rtol=1e-6)
-    assert r.reasons() == {R_MISSING: 2, R_NONNUM: 1, R_LABEL: 1, R_ZERO_TS: 1, R_FIELDS: 1}
+    assert r.reasons() == {R_MISSING: 1, R_NAN: 1, R_NONNUM: 1, R_LABEL: 1, R_ZERO_TS: 1, R_FIELDS: 1}
     lines = {line: reason for line, reason, _ in r.quarantine}
-    assert lines[4] == R_MISSING and lines[9] == R_FIELDS
+    assert lines[4] == R_MISSING and lines[5] == R_NAN and lines[9] == R_FIELDS
+    assert r.merged_lines == 1  # line 1 held two records
 
 
 def test_nanosecond_timestamps_are_exact():

@@ -19,10 +19,11 @@ import gzip
 import io
 import os
 import warnings
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,13 +31,22 @@ import pandas as pd
 from har_vit.core.errors import DataError
 
 RAW_PREVIEW = 200  # characters of a quarantined record kept in the quarantine file
-CHUNK_BYTES = 32 << 20  # files are parsed in chunks cut at line ends: bounded memory
+CHUNK_BYTES = 32 << 20  # files are parsed in chunks cut at record ends: bounded memory
+# Input caps, enforced while streaming and before anything is allocated for them. A WISDM
+# record is < 100 bytes, so a run of 4 KiB without ';' or newline is not a record: it is
+# skipped as it streams by (counting its bytes) and quarantined as "record too long".
+MAX_RECORD_BYTES = 4 << 10
+MAX_DECOMPRESSED_BYTES = 16 << 30  # text one .gz may inflate to
+MAX_GZIP_RATIO = 100  # inflated / compressed bytes; WISDM text compresses about 4x
+GZIP_RATIO_AFTER = 64 << 20  # the ratio is judged once this much has been inflated
+MAX_WIDE_BYTES = 256 << 20  # UTF-16/32 logs are re-encoded in memory: cap their size
 UNLABELLED = -1
 _F32_MAX = float(np.finfo(np.float32).max)
 
 # Quarantine reasons (stable strings: scripts read them from the manifest).
 R_FIELDS = "wrong number of fields"
-R_MISSING = "missing or NaN value"
+R_MISSING = "missing value"
+R_NAN = "nan"
 R_NONNUM = "non-numeric value"
 R_NONFINITE = "non-finite value"
 R_BAD_USER = "invalid user id"
@@ -44,6 +54,8 @@ R_BAD_TS = "invalid timestamp"
 R_LABEL = "unknown activity"
 R_ZERO_TS = "zero timestamp"
 R_DUP_TS = "duplicate timestamp"
+R_LONG = "record too long"
+R_TRUNC = "truncated record"
 
 
 @dataclass
@@ -58,6 +70,8 @@ class Parsed:
     total: int
     quarantine: list[tuple[int, str, str]] = field(default_factory=list)  # (line, reason, raw)
     order: np.ndarray | None = None  # segment index of each kept record (merging only)
+    merged_lines: int = 0  # physical lines that held more than one record
+
 
     def reasons(self) -> Counter:
         return Counter(reason for _, reason, _ in self.quarantine)
@@ -132,8 +146,9 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
         return _empty()
     t, arr, starts, ends, lines = _segments(data)
     lines = lines + first_line
+    merged = _merged_lines(arr, starts, ends, lines)
     if labels is None:  # 5 or 6 fields: no single-pass layout
-        return _parse_segments(data, t, arr, starts, ends, lines, labels)
+        return _with_merged(_parse_segments(data, t, arr, starts, ends, lines, labels), merged)
     df = None
     for ts_dtype in ("int64", "Int64"):  # exact integers; nullable only when values are missing
         try:
@@ -147,9 +162,9 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
             continue
     rows = np.flatnonzero(ends > starts)  # the C parser skips empty segments
     if df is None or len(df) != rows.shape[0]:  # e.g. whitespace-only lines: careful path
-        return _parse_segments(data, t, arr, starts, ends, lines, labels)
+        return _with_merged(_parse_segments(data, t, arr, starts, ends, lines, labels), merged)
     starts, ends, lines = starts[rows], ends[rows], lines[rows]
-    ok = df["extra"].isna().to_numpy().copy()
+    ok = df["extra"].isna().to_numpy() & ((ends - starts) <= MAX_RECORD_BYTES)
     cols = {}
     for c in ("user", "x", "y", "z"):
         s = df[c]
@@ -172,9 +187,9 @@ def parse_bytes(data: bytes, labels: Mapping[str, int] | None, first_line: int =
                   lines[ok], int(ok.sum()), [], rows[ok])
     odd = np.flatnonzero(~ok)
     if odd.size == 0:
-        return good
+        return _with_merged(good, merged)
     rest = _parse_segments(data, t, arr, starts[odd], ends[odd], lines[odd], labels, order=rows[odd])
-    return _merge(good, rest)
+    return _with_merged(_merge(good, rest), merged)
 
 
 def parse_bytes_robust(data: bytes, labels: Mapping[str, int] | None, first_line: int = 1) -> Parsed:
@@ -182,7 +197,24 @@ def parse_bytes_robust(data: bytes, labels: Mapping[str, int] | None, first_line
     if not data:
         return _empty()
     t, arr, starts, ends, lines = _segments(data)
-    return _parse_segments(data, t, arr, starts, ends, lines + first_line, labels)
+    lines = lines + first_line
+    return _with_merged(_parse_segments(data, t, arr, starts, ends, lines, labels), _merged_lines(arr, starts, ends, lines))
+
+
+def _merged_lines(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray) -> int:
+    """Physical lines holding more than one non-blank segment (records run together on one line)."""
+    ws = arr == 32
+    cs = np.concatenate(([0], np.cumsum(ws, dtype=np.int64)))
+    nonblank = (ends - starts) - (cs[ends] - cs[starts]) > 0
+    if not nonblank.any():
+        return 0
+    _, counts = np.unique(lines[nonblank], return_counts=True)
+    return int((counts > 1).sum())
+
+
+def _with_merged(p: Parsed, merged: int) -> Parsed:
+    p.merged_lines = merged
+    return p
 
 
 def _merge(a: Parsed, b: Parsed) -> Parsed:
@@ -205,13 +237,14 @@ def _parse_segments(data: bytes, t: bytes, arr: np.ndarray, starts: np.ndarray, 
     commas = cs_c[ends] - cs_c[starts]
     last_nonws = _last_non_ws(arr, ws, starts, ends)
     want = (5, 6) if labels is None else (6,)
+    too_long = nonblank & ((ends - starts) > MAX_RECORD_BYTES)
     # Only an extra empty field is dropped: with 5 commas, 'x,y,;' is a missing z.
     ends_in_comma = nonblank & (last_nonws >= 0) & (arr[np.maximum(last_nonws, 0)] == 44)
     trailing = ends_in_comma & np.isin(commas, want) & ~np.isin(commas + 1, want)
     fields = commas + 1 - trailing
-    good_shape = nonblank & np.isin(fields, want)
+    good_shape = nonblank & np.isin(fields, want) & ~too_long
 
-    quarantine = [(int(lines[i]), R_FIELDS, _preview(data[starts[i]:ends[i]]))
+    quarantine = [(int(lines[i]), R_LONG if too_long[i] else R_FIELDS, _preview(data[starts[i]:ends[i]]))
                   for i in np.flatnonzero(nonblank & ~good_shape)]
     out = _empty(int(nonblank.sum()), quarantine)
     for nfields in want:
@@ -260,9 +293,12 @@ def _parse_fields(data: bytes, t: bytes, arr: np.ndarray, starts: np.ndarray, en
     for c in ("user", "timestamp", "x", "y", "z"):
         raw = df[c].str.strip()
         v = pd.to_numeric(raw, errors="coerce").to_numpy(np.float64, na_value=np.nan)
-        missing = raw.str.lower().isin(["", "nan", "na", "null", "none"]).to_numpy()
-        reason[(reason == "") & np.isnan(v) & ~missing] = R_NONNUM
+        low = raw.str.lower()
+        missing = low.isin(["", "na", "null", "none"]).to_numpy()
+        nan = (low == "nan").to_numpy()
+        reason[(reason == "") & np.isnan(v) & ~missing & ~nan] = R_NONNUM
         reason[(reason == "") & missing] = R_MISSING
+        reason[(reason == "") & nan] = R_NAN
         cols[c] = (raw, v)
     xyz = np.stack([cols[c][1] for c in ("x", "y", "z")], axis=1)
     with np.errstate(invalid="ignore"):
@@ -312,7 +348,7 @@ def _concat_all(parts: list[Parsed]) -> Parsed:
         return _empty()
     return Parsed(*(np.concatenate([getattr(p, c) for p in parts]) for c in ("user", "activity", "timestamp", "xyz", "line")),
                   sum(p.total for p in parts), [q for p in parts for q in p.quarantine],
-                  np.concatenate([p.order for p in parts]))
+                  np.concatenate([p.order for p in parts]), sum(p.merged_lines for p in parts))
 
 
 def drop_duplicate_timestamps(p: Parsed) -> Parsed:
@@ -329,49 +365,127 @@ def drop_duplicate_timestamps(p: Parsed) -> Parsed:
                         for line, u, a, t, (x, y, z) in zip(p.line[dup], p.user[dup], p.activity[dup],
                                                             p.timestamp[dup], p.xyz[dup])]
     k = ~dup
-    return Parsed(p.user[k], p.activity[k], p.timestamp[k], p.xyz[k], p.line[k], p.total, q, p.order[k])
+    return Parsed(p.user[k], p.activity[k], p.timestamp[k], p.xyz[k], p.line[k], p.total, q, p.order[k],
+                  p.merged_lines)
 
 
-def iter_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[bytes, int]]:
-    """Yield ``(bytes, first_line)`` chunks of a (possibly gzipped) file, cut after a newline.
+class _CappedGzip:
+    """A gzip reader that refuses, in one line, an inflation over the size or ratio caps."""
 
-    UTF-16/32 files are re-encoded as UTF-8 first (they are rare and small).
+    def __init__(self, path: Path) -> None:
+        self.path, self.fh, self.out = path, gzip.open(path, "rb"), 0
+        self.compressed = max(path.stat().st_size, 1)
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.out += len(data)
+        if self.out > MAX_DECOMPRESSED_BYTES:
+            raise DataError(f"{self.path}: inflates past {MAX_DECOMPRESSED_BYTES >> 30} GiB (the cap "
+                            "MAX_DECOMPRESSED_BYTES); not a WISDM log - remove it or unpack it yourself")
+        if self.out > GZIP_RATIO_AFTER and self.out > MAX_GZIP_RATIO * self.compressed:
+            raise DataError(f"{self.path}: inflates more than {MAX_GZIP_RATIO}x ({self.compressed} bytes -> over "
+                            f"{self.out} bytes; the cap MAX_GZIP_RATIO): a decompression bomb, not a WISDM log")
+        return data
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def _wide_text(head: bytes) -> bool:
+    """UTF-16/32 by BOM, or ASCII interleaved with NULs (text, not a run of NUL bytes)."""
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return True
+    return len(head) == 4 and ((head[0] != 0 and head[1] == 0) or (head[0] == 0 and head[1] != 0))
+
+
+def _last_separator(data: bytes) -> int:
+    """Index of the last line end, else of the last ';' (a line is cut only when it must be), else -1."""
+    cut = data.rfind(b"\n")
+    return cut if cut >= 0 else data.rfind(b";")
+
+
+def iter_chunks(path: Path, chunk_bytes: int = CHUNK_BYTES,
+                max_record: int = MAX_RECORD_BYTES) -> Iterator[tuple[str, bytes, int, int, int]]:
+    """Yield ``(kind, bytes, first_line, offset, size)`` pieces of a (possibly gzipped) file.
+
+    ``kind`` is ``"data"`` (whole records, cut after a separator), ``"long"`` (a run of
+    more than ``max_record`` bytes without ';' or newline, skipped as it streams by: the
+    bytes are its first :data:`RAW_PREVIEW` and its length) or ``"truncated"`` (the file
+    ends inside a record). ``offset`` is the piece's byte offset in the (inflated) file and
+    ``size`` its length in bytes (for ``"long"``, the whole run's, not the preview's).
+    Memory stays within a chunk plus one record, whatever the input.
     """
-    opener = gzip.open if path.suffix == ".gz" else open
+    fh: Any = None
     try:
-        fh = opener(path, "rb")
+        fh = _CappedGzip(path) if path.suffix == ".gz" else open(path, "rb")
         head = fh.read(4)
-        if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) or (len(head) == 4 and (head[1] == 0 or head[0] == 0)):
-            yield decode_to_utf8(head + fh.read()), 1
+        if _wide_text(head):  # UTF-16/32 logs are rare and small: re-encode in one go, capped
+            data = head + fh.read(MAX_WIDE_BYTES + 1)
+            if len(data) > MAX_WIDE_BYTES:
+                raise DataError(f"{path}: a UTF-16/32 log over {MAX_WIDE_BYTES >> 20} MiB (the cap MAX_WIDE_BYTES); "
+                                "convert it to UTF-8 first")
+            yield "data", decode_to_utf8(data), 1, 0, len(data)
             return
-        line = 1
-        rest = head
+        line, offset, rest = 1, 0, head
+        skip: list[Any] | None = None  # [line, offset, bytes so far, preview] of an over-long record
         while True:
             block = fh.read(chunk_bytes)
+            if skip is not None:
+                ends = [i for i in (block.find(b"\n"), block.find(b";")) if i >= 0]
+                if not block or ends:
+                    i = min(ends) if ends else len(block)
+                    skip[2] += i
+                    yield "long", skip[3], skip[0], skip[1], skip[2]
+                    offset, rest, skip = offset + i, block[i:], None
+                    if not block:
+                        return
+                    continue
+                skip[2] += len(block)
+                continue
             data = rest + block
             if not block:
-                if data:
-                    yield decode_to_utf8(data) if line == 1 else data, line
+                cut = _last_separator(data)
+                if data[cut + 1:].strip():  # the file ends inside a record
+                    if cut >= 0:
+                        yield "data", data[: cut + 1], line, offset, cut + 1
+                        line += data[: cut + 1].count(b"\n")
+                    yield "truncated", data[cut + 1:][:RAW_PREVIEW], line, offset + cut + 1, len(data) - cut - 1
+                elif data:
+                    yield "data", decode_to_utf8(data) if offset == 0 else data, line, offset, len(data)
                 return
-            cut = data.rfind(b"\n")
-            if cut < 0:  # no line end yet (a very long line): keep reading
-                rest = data
+            cut = _last_separator(data)
+            if cut < 0:
+                if len(data) > max_record:
+                    skip, rest = [line, offset, len(data), data[:RAW_PREVIEW]], b""
+                else:
+                    rest = data
                 continue
             piece, rest = data[: cut + 1], data[cut + 1:]
-            yield decode_to_utf8(piece) if line == 1 else piece, line
+            yield "data", decode_to_utf8(piece) if offset == 0 else piece, line, offset, len(piece)
             line += piece.count(b"\n")
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+            offset += len(piece)
+            if len(rest) > max_record:
+                skip, rest = [line, offset, len(rest), rest[:RAW_PREVIEW]], b""
+    except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); check the file is a complete WISDM log") from None
+    finally:
+        if fh is not None:
+            fh.close()
 
 
 def parse_file(path: str | os.PathLike, labels: Mapping[str, int] | None,
                chunk_bytes: int = CHUNK_BYTES) -> Parsed:
-    """Parse one WISDM log file (``.txt`` or ``.txt.gz``) chunk by chunk."""
+    """Parse one WISDM log file (``.txt`` or ``.txt.gz``) chunk by chunk, in bounded memory."""
     path = Path(path)
-    parts, offset = [], 0
-    for data, first_line in iter_chunks(path, chunk_bytes):
-        part = parse_bytes(data, labels, first_line)
-        part.order = part.order + offset  # keep file order across chunks
-        offset += len(data) + 1  # more than the segments of any chunk
+    parts, order = [], 0
+    for kind, data, first_line, offset, size in iter_chunks(path, chunk_bytes):
+        if kind == "data":
+            part = parse_bytes(data, labels, first_line)
+        else:
+            what = f"{size} bytes without ';' or newline" if kind == "long" else f"the file ends {size} bytes into it"
+            part = _empty(1, [(first_line, R_LONG if kind == "long" else R_TRUNC,
+                               f"byte {offset}, {what}: {_preview(data[:60])}")])
+        part.order = part.order + order  # keep file order across chunks
+        order += len(data) + 1  # more than the segments of any chunk
         parts.append(part)
     return drop_duplicate_timestamps(_concat_all(parts))

@@ -43,24 +43,32 @@ class IngestConfig:
 
 
 def ingest_files(files: tuple[Path, ...] | list[Path], labels: dict[str, int],
-                 parse: Callable[[Path, dict[str, int]], Parsed] = parse_file) -> tuple[list[Parsed], list[Path]]:
-    """Parse each file; a missing, empty or wholly quarantined file is a DataError naming it."""
-    parsed = []
+                 parse: Callable[[Path, dict[str, int]], Parsed] = parse_file) -> tuple[list[Parsed], list[Path], list[Path]]:
+    """Parse each file: ``(parsed, files, empty files)``.
+
+    A file with no record at all (0 bytes, or blank lines only) is reported as empty and
+    the others go on; only inputs with no record anywhere are a DataError. A missing file,
+    or one whose every record is quarantined (the wrong kind of file), is a DataError naming it.
+    """
+    parsed, used, empty = [], [], []
     for f in files:
         f = Path(f)
         if not f.is_file():
             raise DataError(f"{f}: file not found; check --data-path")
-        if f.stat().st_size == 0:
-            raise DataError(f"{f}: file is empty; it holds no WISDM records (remove it or re-download)")
-        p = parse(f, labels)
-        if p.total == 0:
-            raise DataError(f"{f}: no records found (only blank lines); is this a WISDM log?")
+        p = parse(f, labels) if f.stat().st_size else None
+        if p is None or p.total == 0:
+            empty.append(f)
+            continue
         if p.kept == 0:
             line, reason, raw = p.quarantine[0]
             raise DataError(f"{f}: all {p.total} records quarantined (line {line}: {reason}: {raw[:60]!r}); "
                             "is this a WISDM accelerometer log (user,activity,timestamp,x,y,z;)?")
         parsed.append(p)
-    return parsed, [Path(f) for f in files]
+        used.append(f)
+    if not parsed:
+        names = ", ".join(str(f) for f in empty[:3]) + (f" and {len(empty) - 3} more" if len(empty) > 3 else "")
+        raise DataError(f"{names}: no records found (empty or blank files only); is this a WISDM log?")
+    return parsed, used, empty
 
 
 def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) -> dict[str, Any]:
@@ -70,7 +78,7 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
     if source.prewindowed:
         raise UsageError(f"dataset {source.dataset!r} is already windowed: run 'pipeline.py windows --dataset npz "
                          "--data-path FILE' instead of ingest")
-    parsed, files = ingest_files(source.files, source.labels, source.parse)
+    parsed, files, empty = ingest_files(source.files, source.labels, source.parse)
     out = begin_stage(out_dir)
     n = [p.kept for p in parsed]
     cols = {
@@ -103,6 +111,8 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
         "records_total": int(total),
         "records_kept": kept,
         "records_quarantined": dict(sorted(reasons.items())),
+        "records_merged_lines": int(sum(p.merged_lines for p in parsed)),
+        "empty_files": [str(f) for f in empty],
         "class_names": list(source.class_names),
         "channels": source.channels,
         "per_user": {str(int(u)): int(c) for u, c in zip(users, ucount)},
