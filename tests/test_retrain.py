@@ -117,3 +117,56 @@ def test_run_registers_and_predict_resolves_production(job):
     assert reg.resolve("production") == reg.run_dir(reg.production()["run_id"])
     config = json.loads((tmp / "r" / "config.json").read_text())
     assert config["train"]["model"] == "tiny" and config["train"]["epochs"] == 1
+
+
+def test_a_leaky_comparison_never_promotes(job):
+    """--test-users that the candidate trains on would score it on its own training users."""
+    args, tmp = job
+    assert _retrain(args)[0] == 0
+    reg = Registry(tmp / "models")
+    first = reg.production()["run_id"]
+    prod_test = reg.entry(first)["split"]["test_users"]
+    others = [str(u) for u in range(1, 7) if u not in prod_test][:1]  # the candidate trains on prod's test users
+    code, out = _retrain(args, "--seed", "3", "--promote-tolerance", "1.0", *sum((["--test-users", u] for u in others), []))
+    assert code == 0 and "comparison is leaky" in out and "kept production" in out, out
+    assert reg.production()["run_id"] == first
+    last = reg.history()[-1]
+    assert last["status"] == "kept" and last["comparison_leaky"] is True and "trained on users" in last["leak"]
+
+
+def test_a_failed_comparison_is_recorded_and_the_candidate_not_stored(job):
+    args, tmp = job
+    assert _retrain(args)[0] == 0
+    reg = Registry(tmp / "models")
+    first = reg.production()["run_id"]
+    (reg.run_dir(first) / "windows" / "windows.npz").write_bytes(b"damaged")
+    code, out = _retrain(args, "--seed", "4")
+    errors = [line for line in out.splitlines() if line.startswith("error: ")]
+    assert code == 1 and len(errors) == 1 and "Traceback" not in out, out
+    last = reg.history()[-1]
+    assert last["status"] == "failed" and "windows" in last["reason"]
+    assert reg.runs() == [first]
+
+
+@pytest.mark.parametrize("run_id", ["../../etc", "/tmp", "a/../../b", "", 7, None])
+def test_production_pointer_must_name_a_run_inside_the_registry(job, run_id):
+    args, tmp = job
+    assert _retrain(args)[0] == 0
+    (tmp / "models" / "production.json").write_text(json.dumps({"run_id": run_id}))
+    rc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "predict", "--registry", tmp / "models",
+                         "--data-path", tmp / "none.txt", "--out", tmp / "p.csv"], capture_output=True, text=True)
+    assert rc.returncode == 1 and rc.stderr.startswith("error: ") and len(rc.stderr.strip().splitlines()) == 1, rc.stderr
+    assert "production.json" in rc.stderr
+
+
+def test_a_symlinked_run_folder_is_refused(job):
+    args, tmp = job
+    assert _retrain(args)[0] == 0
+    reg = Registry(tmp / "models")
+    first = reg.production()["run_id"]
+    real = tmp / "elsewhere"
+    reg.run_dir(first).rename(real)
+    (tmp / "models" / "runs" / first).symlink_to(real)
+    rc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "predict", "--registry", tmp / "models",
+                         "--data-path", tmp / "none.txt", "--out", tmp / "p.csv"], capture_output=True, text=True)
+    assert rc.returncode == 1 and "not a symlink" in rc.stderr, rc.stderr

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -44,6 +45,7 @@ from har_vit.core.io import (
 from har_vit.core.workspace import Workspace
 
 PRODUCTION = "production.json"
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 HISTORY = "retrain_history.jsonl"
 LOCK = ".lock"
 RUNS = "runs"
@@ -95,7 +97,19 @@ class Registry:
 
     # -- runs --------------------------------------------------------------------------------
     def run_dir(self, run_id: str) -> Path:
-        return self.root / RUNS / run_id
+        """The folder of stored run ``run_id``; an id that is not a plain name is an ArtefactError.
+
+        A run id comes from files a user or an attacker may edit (``production.json``), so it
+        must be a plain folder name, and the folder, if present, a real directory inside
+        ``runs/`` (not a symlink leading elsewhere).
+        """
+        if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
+            raise ArtefactError(f"{self.root}: run id {run_id!r} is not a plain folder name (letters, digits, "
+                                "'.', '_', '-'); fix production.json from retrain_history.jsonl")
+        d = self.root / RUNS / run_id
+        if d.is_symlink():
+            raise ArtefactError(f"{d}: a stored run must be a folder, not a symlink; remove the link")
+        return d
 
     def runs(self) -> list[str]:
         d = self.root / RUNS
@@ -158,7 +172,7 @@ class Registry:
             body = json.loads(p.read_text())
             if not (self.run_dir(body["run_id"]) / "best.pt").is_file():
                 raise KeyError("run missing")
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ArtefactError(f"{p}: unreadable or points at a missing run ({e}); restore it from "
                                 f"{HISTORY} (each promotion is recorded there)") from None
         return body
@@ -180,7 +194,7 @@ class Registry:
                 raise UsageError(f"{self.root}: no production model yet; run 'pipeline.py run' or 'retrain' first, "
                                  "or pass a run folder to --run")
             return self.run_dir(prod["run_id"])
-        if self.run_dir(spec).is_dir():
+        if _RUN_ID.fullmatch(spec) and self.run_dir(spec).is_dir():
             return self.run_dir(spec)
         p = Path(spec)
         if (p / MANIFEST).is_file() or (p / "best.pt").is_file():

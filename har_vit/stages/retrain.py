@@ -115,29 +115,35 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> Retra
             return RetrainResult("skipped", msg)
 
         run_id = new_run_id("retrain", cfgs["train"]["model"])
-        try:
+        store_info = {"data_hash": dhash, "config_hash": chash}
+        try:  # every attempt ends in the history, a failed one (training or comparison) included
             res = job.run(values, echo=echo, run_id=run_id, register=False)
-            stored = reg.store(res.model_dir, run_id, data_hash=dhash, config_hash=chash,
-                               accuracy=res.metrics["accuracy"], macro_f1=res.metrics["macro_f1"],
-                               split=res.metrics.get("split"), report=str(res.report))
+            info = {**store_info, "accuracy": res.metrics["accuracy"], "macro_f1": res.metrics["macro_f1"],
+                    "split": res.metrics.get("split"), "report": str(res.report)}
+            if prod_dir is None:
+                reg.store(res.model_dir, run_id, **info)
+                reg.promote(run_id, "first model: no production model yet")
+                msg = f"promoted {run_id}: first model in {reg.root} (test macro F1 {res.metrics['macro_f1']:.4f})"
+                reg.append_history({"status": "promoted", "run_id": run_id, "reason": "no production model",
+                                    "candidate_macro_f1": res.metrics["macro_f1"], **base})
+                return RetrainResult("promoted", msg, run_id, res.report, res.out)
+            scores = compare_on({"candidate": res.model_dir, "production": prod_dir}, prod_dir / "windows",
+                                cfgs["evaluate"]["device"])
+            leak = comparison_leak(res.model_dir, prod_dir)
+            reg.store(res.model_dir, run_id, **info)  # only a candidate that was compared is stored
         except HarVitError as e:
             reg.append_history({"status": "failed", "run_id": run_id, "reason": str(e), **base})
             raise
-        if prod_dir is None:
-            reg.promote(run_id, "first model: no production model yet")
-            msg = f"promoted {run_id}: first model in {reg.root} (test macro F1 {res.metrics['macro_f1']:.4f})"
-            reg.append_history({"status": "promoted", "run_id": run_id, "reason": "no production model",
-                                "candidate_macro_f1": res.metrics["macro_f1"], **base})
-            return RetrainResult("promoted", msg, run_id, res.report, res.out)
-
-        scores = compare_on({"candidate": stored, "production": prod_dir}, prod_dir / "windows",
-                            cfgs["evaluate"]["device"])
         cand, cur = scores["candidate"], scores["production"]
-        prod_split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
         record = {"run_id": run_id, "candidate_macro_f1": cand, "production_macro_f1": cur,
                   "compared_on": f"test windows of production run {prod['run_id']}",
-                  # Only held-out users keep production's test windows out of the candidate's training.
-                  "comparison_leaky": prod_split.get("protocol") not in ("subject", "loso"), **base}
+                  "comparison_leaky": leak is not None, "leak": leak, **base}
+        if leak is not None:
+            reason = (f"comparison is leaky ({leak}); a leaky comparison never promotes - retrain with production's "
+                      "test users held out (leave --test-users unset)")
+            reg.append_history({"status": "kept", "reason": reason, **record})
+            return RetrainResult("kept", f"kept production {prod['run_id']}: {reason}; candidate stored as {run_id}",
+                                 run_id, res.report, res.out)
         if cand >= cur - tolerance:
             reason = f"candidate macro F1 {cand:.4f} >= production {cur:.4f} - tolerance {tolerance}"
             reg.promote(run_id, reason)
@@ -147,3 +153,24 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> Retra
         reg.append_history({"status": "kept", "reason": reason, **record})
         return RetrainResult("kept", f"kept production {prod['run_id']}: {reason}; candidate stored as {run_id}",
                              run_id, res.report, res.out)
+
+
+def comparison_leak(candidate: Path, production: Path) -> str | None:
+    """Why comparing on production's test windows would flatter the candidate, or None when it is fair.
+
+    Fair only when production's test windows are held-out users (subject or loso split)
+    and the candidate trained (train or validation) on none of them.
+    """
+    from har_vit.core.io import load_npz, read_manifest
+    from har_vit.stages.windows import load_windows
+
+    prod_split = read_manifest(production, "train").get("split") or {}
+    if prod_split.get("protocol") not in ("subject", "loso"):
+        return f"production's split '{prod_split.get('protocol')}' shares users between train and test"
+    man = read_manifest(candidate, "train")
+    up = (man.get("inputs") or {}).get("upstream")
+    w = load_windows(up)
+    s = load_npz(Path(candidate) / "split.npz", ("train", "val"))
+    seen = {int(u) for u in np.unique(w["subject"][np.concatenate([s["train"], s["val"]]).astype(np.int64)])}
+    shared = sorted(seen & {int(u) for u in prod_split.get("test_users") or []})
+    return f"the candidate trained on users {shared} of production's test set" if shared else None
