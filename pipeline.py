@@ -26,6 +26,10 @@ def resolve(command: str, kw: dict[str, Any]) -> dict[str, Any]:
 
     given = schema.typed(kw)
     values = schema.resolve(command, schema.load_yaml(given.pop("config", None), command), given)
+    if values.get("trust"):
+        from har_vit.core.checkpoint import TRUST
+
+        TRUST.set(True)
     return Workspace.at(values.get("workdir")).fill(values, command)
 
 

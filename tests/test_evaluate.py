@@ -35,6 +35,7 @@ from har_vit.core.io import (
     sha256_file,
     write_json,
     write_manifest,
+    write_text,
 )
 from har_vit.core.schema import build
 from har_vit.model import article, create_model
@@ -71,7 +72,9 @@ def _synthetic_windows(class_names, seed=0):
 def _write_ingest(folder: Path, class_names, n_windows: int) -> None:
     per_activity = {name: 1000 + 10 * i for i, name in enumerate(class_names)}
     quarantined = {"bad_number": 3, "missing_field": 2}
-    write_manifest(folder, "ingest", config={"dataset": "wisdm"}, inputs=[], outputs=[], dataset="wisdm",
+    write_text(folder / "records.npz", "stand-in: only the manifest is read downstream")
+    write_manifest(folder, "ingest", config={"dataset": "wisdm"}, inputs=[], outputs=[file_entry(folder / "records.npz")],
+                   dataset="wisdm",
                    records_total=sum(per_activity.values()) + sum(quarantined.values()),
                    records_kept=sum(per_activity.values()), records_quarantined=quarantined,
                    per_user={str(u): n_windows // len(USERS) for u in USERS}, per_activity=per_activity,
@@ -272,14 +275,17 @@ def test_corrupt_best_pt_is_an_artefact_error_naming_the_file(evaluated, tmp_pat
     shutil.copytree(src, run_dir)  # the copy still points at the same windows folder
     ckpt = run_dir / "best.pt"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    before = (run_dir / "eval" / "manifest.json").read_bytes()
     if not listed_in_manifest:  # then torch.load itself must fail cleanly
         man = read_manifest(run_dir, "train")
         write_manifest(run_dir, "train", **{k: v for k, v in man.items()
-                                            if k not in ("stage", "versions", "outputs")}, outputs=[])
+                                            if k not in ("stage", "versions", "outputs")},
+                       outputs=[e for e in man["outputs"] if not e["path"].endswith("best.pt")])
     with pytest.raises(ArtefactError, match=r"best\.pt"):
         run(FAST, run_dir)
-    # The old eval/ folder no longer claims to be finished.
-    assert not (run_dir / "eval" / "manifest.json").exists()
+    # A failed evaluate leaves the earlier evaluation exactly as it was, and no leftovers.
+    assert (run_dir / "eval" / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == []
 
 
 def test_eval_config_refuses_fewer_than_100_timed_runs():

@@ -23,7 +23,7 @@ from torch import nn
 
 from har_vit.core.checkpoint import normalise, save_checkpoint
 from har_vit.core.errors import ArtefactError, DataError, UsageError
-from har_vit.core.io import save_npz, sha256_file, write_json, write_manifest
+from har_vit.core.io import file_entry, save_npz, sha256_file, write_json, write_manifest
 from har_vit.model import create_model
 from har_vit.stages.predict import PredictConfig, run, sidecar
 from har_vit.stages.windows import WindowConfig, import_npz
@@ -82,7 +82,8 @@ def build_run(root: Path, model_name: str = "tiny", seed: int = 0) -> Path:
     write_manifest(run_dir, "train", inputs={"upstream": str(windows_dir)}, run_id="t", model=model_name,
                    split={"protocol": "subject", "leaky": False, "n_train": int(train.size), "n_val": int(val.size),
                           "n_test": int(test.size), "test_users": [3]},
-                   class_names=list(CLASSES), norm=norm)
+                   class_names=list(CLASSES), norm=norm,
+                   outputs=[file_entry(run_dir / n) for n in ("best.pt", "split.npz")])
     return run_dir
 
 

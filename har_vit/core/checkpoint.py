@@ -10,6 +10,7 @@ ArtefactError naming it, never a quietly different model.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import io
 import os
@@ -22,6 +23,9 @@ from har_vit.core.errors import ArtefactError
 from har_vit.core.io import write_bytes
 
 INTEGRITY = "integrity"
+# A checkpoint without an integrity digest was not written by save_checkpoint; it loads only when
+# the user vouches for it (``--trust``), which the command line sets here for its one command.
+TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("har_vit_trust_checkpoints", default=False)
 
 
 def digest(obj: Any) -> str:
@@ -73,6 +77,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_name" not in ckpt:
         raise ArtefactError(f"{p}: not a har_vit checkpoint (no model/model_name); pass a file written by 'pipeline.py train'")
     stored = ckpt.pop(INTEGRITY, None)
+    if stored is None and not TRUST.get():
+        raise ArtefactError(f"{p}: checkpoint has no integrity digest (not written by har_vit, or edited); "
+                            "retrain, or pass --trust if you know where the file comes from")
     if stored is not None and stored != digest(ckpt):
         raise ArtefactError(f"{p}: checkpoint is damaged (contents do not match its integrity digest); "
                             "delete it and retrain (or --resume from an older copy)")

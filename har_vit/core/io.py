@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import glob
 import hashlib
 import json
 import os
 import platform
+import secrets
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -140,6 +143,65 @@ def begin_stage(folder: str | os.PathLike) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Build a stage folder aside and swap it into place only when the stage succeeded.
+
+    Yields a fresh hidden folder beside ``folder``. On success its manifest's paths are
+    rewritten to the final name and it replaces ``folder`` (the old one is removed after
+    the swap); on failure it is removed and ``folder`` stays exactly as it was, so a
+    failed stage never loses an earlier good result. Leftovers of killed stages (their
+    process gone) are cleaned first, and an old folder caught mid-swap is put back.
+    """
+    final = Path(folder)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_leftovers(final)
+    tag = f"{os.getpid()}-{secrets.token_hex(3)}"
+    tmp = final.parent / f".{final.name}.tmp-{tag}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        man = tmp / MANIFEST
+        if man.is_file():
+            write_text(man, man.read_text(encoding="utf-8").replace(str(tmp), str(final)))
+        old = final.parent / f".{final.name}.old-{tag}"
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def clean_leftovers(folder: str | os.PathLike) -> None:
+    """Remove what killed :func:`staged_folder` runs left beside ``folder``; restore a folder caught mid-swap."""
+    final = Path(folder)
+    if not final.parent.is_dir():
+        return
+    for p in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
+        kind, _, rest = p.name[len(final.name) + 2:].partition("-")
+        pid = rest.split("-", 1)[0]
+        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        if kind == "old" and not final.exists():
+            os.rename(p, final)  # killed between the two renames of a swap: the old result is the good one
+        else:
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def write_manifest(folder: str | os.PathLike, stage: str, **fields: Any) -> Path:
     """Write ``folder/manifest.json`` last, atomically, with stage, time and versions."""
     body = {"stage": stage, "created": now_iso(), "versions": versions(), **fields}
@@ -159,7 +221,46 @@ def read_manifest(folder: str | os.PathLike, stage: str | None = None) -> dict[s
         raise ArtefactError(f"{path}: not a har_vit manifest; re-run the stage that wrote it")
     if stage is not None and body["stage"] != stage:
         raise ArtefactError(f"{path}: is a '{body['stage']}' manifest, expected '{stage}'; pass the {stage} output folder")
+    problems = manifest_problems(body)
+    if problems:
+        raise ArtefactError(f"{path}: malformed manifest ({'; '.join(problems)}); re-run the stage that wrote it")
     return body
+
+
+# What every manifest must hold, and what each stage adds, by type: checked on every read.
+_COMMON = {"stage": str, "created": str, "outputs": list}
+_BY_STAGE: dict[str, dict[str, Any]] = {
+    "ingest": {"records_total": int, "records_kept": int, "records_quarantined": dict, "class_names": list,
+               "inputs": list},
+    "windows": {"window": int, "step": int, "gap_s": (int, float), "windows_total": int, "class_names": list,
+                "inputs": dict},
+    "train": {"run_id": str, "model": str, "split": dict, "class_names": list, "inputs": dict},
+    "evaluate": {"run_id": str, "accuracy": (int, float), "macro_f1": (int, float), "inputs": dict},
+}
+
+
+def manifest_problems(body: dict[str, Any]) -> list[str]:
+    """Each way ``body`` breaks the manifest contract, one short phrase per problem (empty: fine).
+
+    >>> manifest_problems({"stage": "x", "created": "now", "outputs": []})
+    ['outputs is empty: a stage always writes something']
+    """
+    problems = []
+    for key, kind in {**_COMMON, **_BY_STAGE.get(str(body.get("stage")), {})}.items():
+        if key not in body:
+            problems.append(f"{key} missing")
+        elif not isinstance(body[key], kind) or isinstance(body[key], bool):
+            problems.append(f"{key} is {type(body[key]).__name__}, expected "
+                            f"{getattr(kind, '__name__', 'a number')}")
+    outputs = body.get("outputs")
+    if isinstance(outputs, list):
+        if not outputs:
+            problems.append("outputs is empty: a stage always writes something")
+        for i, e in enumerate(outputs):
+            if not (isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("bytes"), int)
+                    and isinstance(e.get("sha256"), str) and len(e["sha256"]) == 64):
+                problems.append(f"outputs[{i}] is not {{path, bytes, sha256}}")
+    return problems
 
 
 def verify_outputs(folder: str | os.PathLike, manifest: dict[str, Any]) -> None:

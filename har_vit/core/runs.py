@@ -14,7 +14,7 @@ from torch import nn
 from har_vit.core import schema
 from har_vit.core.checkpoint import load_model
 from har_vit.core.errors import ArtefactError
-from har_vit.core.io import MANIFEST, read_manifest
+from har_vit.core.io import MANIFEST, read_manifest, verify_outputs
 
 FALLBACK_GAP_S = schema.OPTIONS["gap_s"].default  # what every run used unless told otherwise
 TS_PER_S = schema.OPTIONS["ts_per_s"].default
@@ -44,13 +44,14 @@ def load_run(model_dir: str | Path, which: str = "best") -> RunInfo:
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise ArtefactError(f"{model_dir}: model folder not found; pass a train run folder (holding {which}.pt)")
-    model, ckpt = load_model(model_dir, which)
     notes = []
     manifest = None
     if (model_dir / MANIFEST).is_file():
         manifest = read_manifest(model_dir, "train")
+        verify_outputs(model_dir, manifest)  # first: the checkpoint must be the one the manifest vouches for
     else:
         notes.append(f"{model_dir}: no train manifest (the run did not finish); using {which}.pt as it is")
+    model, ckpt = load_model(model_dir, which)
     if "norm" not in ckpt or {"mean", "std"} - set(ckpt["norm"]):
         raise ArtefactError(f"{model_dir / (which + '.pt')}: checkpoint has no normalisation (norm.mean/std); "
                             "retrain with 'pipeline.py train'")

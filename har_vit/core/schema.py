@@ -131,6 +131,8 @@ _DECLARED = [
     _o("reports_dir", "path", None, "Reports folder [<workdir>/reports; under --out for run --out].", "paths",
        commands=("report", "run", "retrain"), flag="--reports"),
     _o("report_name", str, None, "Report folder name [the run's id].", "paths", commands=("report",)),
+    _o("trust", bool, False, "Load checkpoints that carry no integrity digest (files you made yourself).",
+       "paths", commands=("train", "evaluate", "predict", "export")),
     _o("resume", bool, False, "Continue a killed run from its last checkpoint in --out.", "paths",
        commands=("train",)),
     # --- data ----------------------------------------------------------------------------------

@@ -50,11 +50,11 @@ from har_vit.core.checkpoint import load_model, normalise
 from har_vit.core.errors import ArtefactError
 from har_vit.core.io import (
     MANIFEST,
-    begin_stage,
     file_entry,
     load_npz,
     read_manifest,
     sha256_file,
+    staged_folder,
     write_json,
     write_manifest,
     write_text,
@@ -235,7 +235,6 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     run_dir = Path(run_dir)
     train_man = read_manifest(run_dir, "train")
     eval_dir = run_dir / EVAL_DIR
-    begin_stage(eval_dir)  # a stale manifest would vouch for a half-rewritten folder if this run crashes
 
     windows_dir = upstream_folder(train_man)
     if windows_dir is None:
@@ -266,14 +265,15 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                      if cfg.baseline == "rf" and ckpt["model_name"] != "rf" else None),
     }
 
-    written = _write_tables(eval_dir, metrics, eff)
-    written += _write_plots(eval_dir / PLOTS_DIR, metrics, run_dir, train_man, windows_man)
-    write_manifest(
-        eval_dir, "evaluate", config=as_dict(cfg),
-        inputs={"upstream": str(run_dir.resolve()), "files": [file_entry(ckpt_path), file_entry(split_path),
-                                                     file_entry(windows_dir / "windows.npz")]},
-        outputs=[file_entry(p) for p in written],
-        run_id=metrics["run_id"], model=metrics["model"], n_test=metrics["n_test"], device=metrics["device"],
-        accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
-    )
+    with staged_folder(eval_dir) as tmp:  # a failed evaluate leaves the earlier evaluation as it was
+        written = _write_tables(tmp, metrics, eff)
+        written += _write_plots(tmp / PLOTS_DIR, metrics, run_dir, train_man, windows_man)
+        write_manifest(
+            tmp, "evaluate", config=as_dict(cfg),
+            inputs={"upstream": str(run_dir.resolve()), "files": [file_entry(ckpt_path), file_entry(split_path),
+                                                         file_entry(windows_dir / "windows.npz")]},
+            outputs=[file_entry(p) for p in written],
+            run_id=metrics["run_id"], model=metrics["model"], n_test=metrics["n_test"], device=metrics["device"],
+            accuracy=metrics["accuracy"], macro_f1=metrics["macro_f1"],
+        )
     return metrics

@@ -17,9 +17,10 @@ import numpy as np
 from har_vit.core import schema
 from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import (
-    begin_stage,
     file_entry,
+    read_manifest,
     save_npz,
+    staged_folder,
     write_bytes,
     write_manifest,
 )
@@ -79,48 +80,48 @@ def run(cfg: IngestConfig, out_dir: str | Path, source: Source | None = None) ->
         raise UsageError(f"dataset {source.dataset!r} is already windowed: run 'pipeline.py windows --dataset npz "
                          "--data-path FILE' instead of ingest")
     parsed, files, empty = ingest_files(source.files, source.labels, source.parse)
-    out = begin_stage(out_dir)
-    n = [p.kept for p in parsed]
-    cols = {
-        "user": np.concatenate([p.user for p in parsed]),
-        "activity": np.concatenate([p.activity for p in parsed]),
-        "timestamp": np.concatenate([p.timestamp for p in parsed]),
-        "xyz": np.concatenate([p.xyz for p in parsed]),
-        "source": np.repeat(np.arange(len(parsed), dtype=np.int64), n),
-        "line": np.concatenate([p.line for p in parsed]),
-    }
-    if cols["xyz"].ndim != 2 or cols["xyz"].shape[1] != source.channels:  # a reader bug, not user input
-        raise AssertionError(f"reader of {source.dataset} gave {cols['xyz'].shape[1:]} values per record, "
-                             f"declared {source.channels}")
-    save_npz(out / RECORDS, **cols, class_names=np.array(source.class_names))
-    write_bytes(out / QUARANTINE, _quarantine_csv(parsed, files))
+    with staged_folder(out_dir) as out:  # a failed ingest leaves an earlier good one as it was
+        n = [p.kept for p in parsed]
+        cols = {
+            "user": np.concatenate([p.user for p in parsed]),
+            "activity": np.concatenate([p.activity for p in parsed]),
+            "timestamp": np.concatenate([p.timestamp for p in parsed]),
+            "xyz": np.concatenate([p.xyz for p in parsed]),
+            "source": np.repeat(np.arange(len(parsed), dtype=np.int64), n),
+            "line": np.concatenate([p.line for p in parsed]),
+        }
+        if cols["xyz"].ndim != 2 or cols["xyz"].shape[1] != source.channels:  # a reader bug, not user input
+            raise AssertionError(f"reader of {source.dataset} gave {cols['xyz'].shape[1:]} values per record, "
+                                 f"declared {source.channels}")
+        save_npz(out / RECORDS, **cols, class_names=np.array(source.class_names))
+        write_bytes(out / QUARANTINE, _quarantine_csv(parsed, files))
 
-    reasons: Counter = Counter()
-    for p in parsed:
-        reasons.update(p.reasons())
-    total = sum(p.total for p in parsed)
-    kept = int(sum(n))
-    assert kept + sum(reasons.values()) == total, "ingest lost records"  # invariant, not user input
-    users, ucount = np.unique(cols["user"], return_counts=True)
-    acts = np.bincount(cols["activity"], minlength=len(source.class_names))
-    return_manifest = {
-        "dataset": source.dataset,
-        "config": as_dict(cfg),
-        "inputs": [file_entry(f) | {"records": p.total, "kept": p.kept} for f, p in zip(files, parsed)],
-        "outputs": [file_entry(out / RECORDS), file_entry(out / QUARANTINE)],
-        "records_total": int(total),
-        "records_kept": kept,
-        "records_quarantined": dict(sorted(reasons.items())),
-        "records_merged_lines": int(sum(p.merged_lines for p in parsed)),
-        "empty_files": [str(f) for f in empty],
-        "class_names": list(source.class_names),
-        "channels": source.channels,
-        "per_user": {str(int(u)): int(c) for u, c in zip(users, ucount)},
-        "per_activity": {name: int(c) for name, c in zip(source.class_names, acts)},
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_manifest(out, "ingest", **return_manifest)
-    return return_manifest
+        reasons: Counter = Counter()
+        for p in parsed:
+            reasons.update(p.reasons())
+        total = sum(p.total for p in parsed)
+        kept = int(sum(n))
+        assert kept + sum(reasons.values()) == total, "ingest lost records"  # invariant, not user input
+        users, ucount = np.unique(cols["user"], return_counts=True)
+        acts = np.bincount(cols["activity"], minlength=len(source.class_names))
+        return_manifest = {
+            "dataset": source.dataset,
+            "config": as_dict(cfg),
+            "inputs": [file_entry(f) | {"records": p.total, "kept": p.kept} for f, p in zip(files, parsed)],
+            "outputs": [file_entry(out / RECORDS), file_entry(out / QUARANTINE)],
+            "records_total": int(total),
+            "records_kept": kept,
+            "records_quarantined": dict(sorted(reasons.items())),
+            "records_merged_lines": int(sum(p.merged_lines for p in parsed)),
+            "empty_files": [str(f) for f in empty],
+            "class_names": list(source.class_names),
+            "channels": source.channels,
+            "per_user": {str(int(u)): int(c) for u, c in zip(users, ucount)},
+            "per_activity": {name: int(c) for name, c in zip(source.class_names, acts)},
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        write_manifest(out, "ingest", **return_manifest)
+    return read_manifest(out_dir, "ingest")
 
 
 def _quarantine_csv(parsed: list[Parsed], files: list[Path]) -> bytes:

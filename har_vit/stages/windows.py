@@ -20,11 +20,11 @@ import numpy as np
 from har_vit.core import schema
 from har_vit.core.errors import ArtefactError, DataError
 from har_vit.core.io import (
-    begin_stage,
     file_entry,
     load_npz,
     read_manifest,
     save_npz,
+    staged_folder,
     verify_outputs,
     write_bytes,
     write_manifest,
@@ -128,31 +128,32 @@ def import_npz(cfg: WindowConfig, path: str | Path, out_dir: str | Path) -> dict
 def write_windows(cfg: WindowConfig, a: dict[str, np.ndarray], out: Path, inputs: dict, extra: dict,
                   t0: float) -> dict[str, Any]:
     """Write a windows folder (npz, index, manifest last) from arrays in the contract's layout."""
-    begin_stage(out)
-    save_npz(out / WINDOWS, **a)
-    names = [str(c) for c in a["class_names"]]
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["window", "user", "activity", "bout", "first_record", "first_timestamp"])
-    for i, (u, c, b, s, t) in enumerate(zip(a["subject"].tolist(), a["y"].tolist(), a["bout"].tolist(),
-                                            a["start"].tolist(), a["timestamp"].tolist())):
-        w.writerow([i, u, names[c], b, s, t])
-    write_bytes(out / INDEX, buf.getvalue().encode("utf-8"))
-    users, uc = np.unique(a["subject"], return_counts=True)
-    manifest = {
-        "config": as_dict(cfg), "window": cfg.window, "step": cfg.step, "gap_s": cfg.gap_s,
-        "channels": int(a["X"].shape[2]),
-        "inputs": inputs,
-        "outputs": [file_entry(out / WINDOWS), file_entry(out / INDEX)],
-        "windows_total": int(a["X"].shape[0]),
-        "class_names": names,
-        "per_class": {n: int(c) for n, c in zip(names, np.bincount(a["y"], minlength=len(names)))},
-        "per_user": {str(int(u)): int(c) for u, c in zip(users, uc)},
-        **extra,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }
-    write_manifest(out, "windows", **manifest)
-    return manifest
+    final = out
+    with staged_folder(final) as out:  # a failed stage leaves an earlier good folder as it was
+        save_npz(out / WINDOWS, **a)
+        names = [str(c) for c in a["class_names"]]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["window", "user", "activity", "bout", "first_record", "first_timestamp"])
+        for i, (u, c, b, s, t) in enumerate(zip(a["subject"].tolist(), a["y"].tolist(), a["bout"].tolist(),
+                                                a["start"].tolist(), a["timestamp"].tolist())):
+            w.writerow([i, u, names[c], b, s, t])
+        write_bytes(out / INDEX, buf.getvalue().encode("utf-8"))
+        users, uc = np.unique(a["subject"], return_counts=True)
+        manifest = {
+            "config": as_dict(cfg), "window": cfg.window, "step": cfg.step, "gap_s": cfg.gap_s,
+            "channels": int(a["X"].shape[2]),
+            "inputs": inputs,
+            "outputs": [file_entry(out / WINDOWS), file_entry(out / INDEX)],
+            "windows_total": int(a["X"].shape[0]),
+            "class_names": names,
+            "per_class": {n: int(c) for n, c in zip(names, np.bincount(a["y"], minlength=len(names)))},
+            "per_user": {str(int(u)): int(c) for u, c in zip(users, uc)},
+            **extra,
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+        write_manifest(out, "windows", **manifest)
+    return read_manifest(final, "windows")
 
 
 def load_windows(folder: str | Path, verify: bool = True) -> dict[str, Any]:
