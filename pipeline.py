@@ -48,6 +48,14 @@ def handle_errors(f: Callable) -> Callable:
         except HarVitError as e:
             click.echo(f"error: {e}", err=True)
             sys.exit(e.exit_code)
+        except OSError as e:  # a write outside the io helpers (disk full, no permission): still one line
+            from har_vit.core.io import DISK_ERRNOS
+
+            if e.errno not in DISK_ERRNOS:
+                raise
+            click.echo(f"error: {e.filename or ''}: cannot write ({e.strerror}); free space, fix permissions or "
+                       "choose another output folder", err=True)
+            sys.exit(1)
     return wrapper
 
 

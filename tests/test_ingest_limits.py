@@ -111,3 +111,41 @@ def test_caps_are_checked_while_streaming(tmp_path, monkeypatch):
         fh.write(GOOD * 20_000)  # ~9 MB of good records
     with pytest.raises(DataError, match="MAX_DECOMPRESSED_BYTES"):
         parse_file(p, {"Walking": 0}, chunk_bytes=1 << 16)
+
+
+def test_wisdm2019_takes_gzipped_logs_and_hints_at_the_other_device(tmp_path):
+    good = GOOD.replace(b"7,Walking", b"1600,A")
+    root = _w2019(tmp_path / "w", {"data_1600_accel_phone.txt.gz": gzip.compress(good)})
+    m = ingest.run(ingest.IngestConfig(dataset="wisdm2019", data_path=str(root), progress=False), tmp_path / "o")
+    assert m["records_kept"] == 200
+    watch = root / "raw" / "watch" / "accel"
+    watch.mkdir(parents=True)
+    (watch / "data_1600_accel_watch.txt").write_bytes(good)
+    for f in (root / "raw" / "phone" / "accel").iterdir():
+        f.unlink()
+    with pytest.raises(DataError, match="found 1 watch logs .*pass --sensor-device watch"):
+        ingest.run(ingest.IngestConfig(dataset="wisdm2019", data_path=str(root), progress=False), tmp_path / "o2")
+
+
+def test_a_tar_header_declaring_gigabytes_is_refused_before_it_is_read(tmp_path):
+    import io
+    import tarfile
+
+    from har_vit.datasets.download import MAX_HEADER_BYTES, safe_extract
+
+    info = tarfile.TarInfo("WISDM_ar_v1.1/WISDM_ar_v1.1_raw.txt")
+    info.size = len(GOOD)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info.pax_headers = {"comment": "x" * 100}
+        tf.addfile(info, io.BytesIO(GOOD))
+    raw = bytearray(buf.getvalue())
+    # The first block is the pax header's own header; its size field (octal, at 124) claims 2 GiB.
+    raw[124:136] = b"%011o\0" % (2 << 30)
+    raw[148:156] = b" " * 8
+    raw[148:156] = b"%06o\0 " % sum(raw[:512])
+    bomb = tmp_path / "bomb.tar.gz"
+    bomb.write_bytes(gzip.compress(bytes(raw)))
+    with pytest.raises(DataError, match="declares 2147483648 bytes, over the cap .*MAX_HEADER_BYTES"):
+        safe_extract(bomb, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and MAX_HEADER_BYTES < 1 << 20

@@ -26,6 +26,10 @@ class ArtefactError(HarVitError):
     """A stage artefact (manifest, windows, checkpoint) is missing or corrupt."""
 
 
+class DiskError(HarVitError):
+    """A write failed: disk full, no permission, read-only filesystem. The message names the path."""
+
+
 class DownloadError(HarVitError):
     """The dataset could not be downloaded or failed verification."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import glob
 import hashlib
 import json
@@ -23,21 +24,48 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from har_vit.core.errors import ArtefactError
+from har_vit.core.errors import ArtefactError, DiskError
 
 MANIFEST = "manifest.json"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+# Write failures a user can fix (space, permissions, a read-only mount): one line naming the path.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EFBIG})
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a write failure the user can fix into a DiskError naming ``path`` and what to do."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_ERRNOS:
+            raise
+        where = e.filename or path
+        raise DiskError(f"{where}: cannot write ({e.strerror or e}); free space, fix permissions or choose "
+                        "another output folder - nothing half-written was kept") from None
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    Every artefact is written through here: a failed write leaves no file and is a
+    DiskError naming the path when the disk or the permissions are at fault.
 
     >>> with atomic_path("out.bin") as tmp:   # doctest: +SKIP
     ...     tmp.write_bytes(b"...")
     """
     path = Path(path)
+    with disk_errors(path):
+        with _atomic_path(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
@@ -138,8 +166,9 @@ def begin_stage(folder: str | os.PathLike) -> Path:
     """Create ``folder`` and drop any old manifest first: until the new manifest is
     written last, the folder reads as unfinished, never as the old result."""
     out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)
+    with disk_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MANIFEST).unlink(missing_ok=True)
     return out
 
 
@@ -154,11 +183,13 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     process gone) are cleaned first, and an old folder caught mid-swap is put back.
     """
     final = Path(folder)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(final)
+    with disk_errors(final):
+        final.parent.mkdir(parents=True, exist_ok=True)
+        clean_leftovers(final)
     tag = f"{os.getpid()}-{secrets.token_hex(3)}"
     tmp = final.parent / f".{final.name}.tmp-{tag}"
-    tmp.mkdir()
+    with disk_errors(tmp):
+        tmp.mkdir()
     try:
         yield tmp
         man = tmp / MANIFEST

@@ -91,7 +91,7 @@ def _wisdm2019(opts: DatasetOptions) -> Source:
     names, labels = read_activity_key(key)
     folder = root / "raw" / opts.sensor_device / opts.sensor if (root / "raw").is_dir() else root
     pattern = f"data_*_{opts.sensor}_{opts.sensor_device}.txt"
-    files = sorted(folder.glob(pattern)) if folder.is_dir() else [folder]
+    files = _logs(folder, pattern) if folder.is_dir() else [folder]
     if opts.subjects:
         wanted = set(opts.subjects)
         files = [f for f in files if _subject_of(f) in wanted]
@@ -99,8 +99,18 @@ def _wisdm2019(opts: DatasetOptions) -> Source:
         if missing:
             raise DataError(f"{folder}: no {pattern} file for subjects {sorted(missing)}; pick subjects present there")
     if not files:
-        raise DataError(f"{folder}: no {pattern} files; {hint}")
+        other = "watch" if opts.sensor_device == "phone" else "phone"
+        there = root / "raw" / other / opts.sensor if (root / "raw").is_dir() else root
+        found = _logs(there, f"data_*_{opts.sensor}_{other}.txt") if there.is_dir() else []
+        if found:
+            hint = f"found {len(found)} {other} logs ({found[0].name}, ...): pass --sensor-device {other}"
+        raise DataError(f"{folder}: no {pattern}(.gz) files; {hint}")
     return Source("wisdm2019", names, tuple(files), labels)
+
+
+def _logs(folder: Path, pattern: str) -> list[Path]:
+    """The logs matching ``pattern`` in ``folder``, plain or gzipped (``.txt.gz``), by name."""
+    return sorted([*folder.glob(pattern), *folder.glob(pattern + ".gz")], key=lambda p: p.name)
 
 
 def _subject_of(path: Path) -> int | None:

@@ -165,9 +165,30 @@ def _stream(
     return got, digest.hexdigest()
 
 
+MAX_HEADER_BYTES = 64 << 10  # a pax or GNU long-name header; real ones are a few hundred bytes
+
+
+class _CappedTarInfo(tarfile.TarInfo):
+    """Refuses a pax / GNU long-name header that declares more than :data:`MAX_HEADER_BYTES`
+    before tarfile reads (and allocates) it: a hostile header may declare gigabytes."""
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        self._cap()
+        return super()._proc_pax(tarfile_)
+
+    def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        self._cap()
+        return super()._proc_gnulong(tarfile_)
+
+    def _cap(self) -> None:
+        if self.size > MAX_HEADER_BYTES:
+            raise tarfile.HeaderError(f"an extended header declares {self.size} bytes, over the cap of "
+                                      f"{MAX_HEADER_BYTES} (MAX_HEADER_BYTES)")
+
+
 def _open_tar(archive: Path) -> tarfile.TarFile:
     try:
-        return tarfile.open(archive, mode="r:gz")
+        return tarfile.open(archive, mode="r:gz", tarinfo=_CappedTarInfo)
     except _CORRUPT as e:
         raise _corrupt(str(archive), e) from None
 
@@ -182,7 +203,7 @@ def _check_archive(archive: Path, label: str) -> None:
         with gzip.open(archive, "rb") as gz:
             # Stream mode reads sequentially from the gzip stream we hold, so what is
             # left in it afterwards is exactly what follows the end-of-archive marker.
-            with tarfile.open(fileobj=gz, mode="r|") as tf:
+            with tarfile.open(fileobj=gz, mode="r|", tarinfo=_CappedTarInfo) as tf:
                 for _ in _checked_members(tf, label, MAX_EXTRACT_BYTES, MAX_MEMBERS):
                     pass
             trailing = 0

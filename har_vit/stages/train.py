@@ -220,7 +220,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr,
                        disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
             loss_sum, correct = train_epoch(train_model, optimizer, scheduler, loss_fn, data.X_train, data.y_train,
-                                            batches, device, bar)
+                                            batches, device, bar, writer.check if writer is not None else None)
             totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx).tolist()  # syncs
             train_s, seen = time.perf_counter() - t0, steps * cfg.batch_size
             state.epoch = epoch

@@ -115,15 +115,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
                 X: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, device: torch.device,
-                bar: tqdm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bar: tqdm | None = None, check: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train over ``batches`` (steps, B) of indices into the on-device ``X`` (N, T, C) and ``y`` (N,).
 
     Returns the summed loss and the number of correct predictions (device tensors).
+    ``check`` runs before each step and may raise to stop (a failed checkpoint write).
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     for idx in batches:  # idx: (B,)
+        if check is not None:
+            check()
         l, c = train_step(model, optimizer, scheduler, loss_fn, X[idx], y[idx], device)
         loss_sum += l
         correct += c

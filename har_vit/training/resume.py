@@ -82,6 +82,11 @@ class CheckpointWriter:
         self.wait()  # at most one epoch in flight: memory stays bounded and errors surface early
         self._pending = self._pool.submit(fn)
 
+    def check(self) -> None:
+        """Raise now if the write in flight has already failed (without waiting for it)."""
+        if self._pending is not None and self._pending.done() and self._pending.exception() is not None:
+            self.wait()
+
     def wait(self) -> None:
         if self._pending is not None:
             pending, self._pending = self._pending, None
