@@ -80,14 +80,15 @@ def test_refuses_while_another_holds_the_lock(job):
     finally:
         holder.kill()
         holder.wait()
-    assert not (tmp / "models" / "production.json").exists()
+    assert not list((tmp / "models").glob("production*.json"))
 
 
 def test_killed_retrain_leaves_production_untouched(job):
     args, tmp = job
     code, _ = _retrain(args)
     assert code == 0
-    prod = (tmp / "models" / "production.json").read_bytes()
+    (pointer,) = (tmp / "models").glob("production*.json")
+    prod = pointer.read_bytes()
     cfg = tmp / "slow.yaml"
     cfg.write_text("model: tiny\nepochs: 200\nbatch_size: 8\nprogress: false\nskip_latency: true\n")
     a = [x if x != str(tmp / "tiny.yaml") else str(cfg) for x in args]
@@ -101,7 +102,7 @@ def test_killed_retrain_leaves_production_untouched(job):
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-    assert (tmp / "models" / "production.json").read_bytes() == prod
+    assert pointer.read_bytes() == prod
     reg = Registry(tmp / "models")
     assert len(reg.runs()) == 1  # the killed candidate was never stored
     code, out = _retrain(args, "--seed", "6", "--promote-tolerance", "1.0")  # the lock died with the process
@@ -152,11 +153,12 @@ def test_a_failed_comparison_is_recorded_and_the_candidate_not_stored(job):
 def test_production_pointer_must_name_a_run_inside_the_registry(job, run_id):
     args, tmp = job
     assert _retrain(args)[0] == 0
-    (tmp / "models" / "production.json").write_text(json.dumps({"run_id": run_id}))
+    (pointer,) = (tmp / "models").glob("production*.json")
+    pointer.write_text(json.dumps({"run_id": run_id}))
     rc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "predict", "--registry", tmp / "models",
                          "--data-path", tmp / "none.txt", "--out", tmp / "p.csv"], capture_output=True, text=True)
     assert rc.returncode == 1 and rc.stderr.startswith("error: ") and len(rc.stderr.strip().splitlines()) == 1, rc.stderr
-    assert "production.json" in rc.stderr
+    assert pointer.name in rc.stderr
 
 
 def test_a_symlinked_run_folder_is_refused(job):
@@ -170,3 +172,25 @@ def test_a_symlinked_run_folder_is_refused(job):
     rc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "predict", "--registry", tmp / "models",
                          "--data-path", tmp / "none.txt", "--out", tmp / "p.csv"], capture_output=True, text=True)
     assert rc.returncode == 1 and "not a symlink" in rc.stderr, rc.stderr
+
+
+def test_one_production_per_dataset_and_class_set(job, tmp_path_factory):
+    """A model of another class set never becomes production for this one, and the reverse."""
+    import numpy as np
+
+    args, tmp = job
+    assert _retrain(args)[0] == 0
+    reg = Registry(tmp / "models")
+    (six,) = reg.pointers()
+    src = np.load(args[3])
+    four = tmp / "four.npz"  # the same windows, two classes fewer: another class set
+    keep = src["y"] < 4
+    np.savez(four, X=src["X"][keep], y=src["y"][keep], subject=src["subject"][keep], class_names=src["class_names"][:4])
+    code, out = _retrain([a if a != args[3] else str(four) for a in args])
+    assert code == 0 and "promoted" in out and "first model" in out, out
+    assert len(reg.pointers()) == 2 and six in reg.pointers()
+    assert reg.production(six)["run_id"] != reg.production([s for s in reg.pointers() if s != six][0])["run_id"]
+    rc = subprocess.run([sys.executable, str(ROOT / "pipeline.py"), "predict", "--registry", tmp / "models",
+                         "--data-path", tmp / "none.txt", "--out", tmp / "p.csv"], capture_output=True, text=True)
+    assert rc.returncode == 2 and "one production model per dataset" in rc.stderr, rc.stderr
+    assert reg.resolve(f"production-{six}") == reg.run_dir(reg.production(six)["run_id"])

@@ -39,7 +39,7 @@ def test_every_command_leaves_the_current_folder_empty(tmp_path, synth_log, wind
     report = Path(out.split("report: ", 1)[1].splitlines()[0])
     assert run_dir.parent == ws / "runs" and (run_dir / "model" / "manifest.json").is_file()
     assert report.is_file() and report.is_relative_to(ws / "reports")
-    assert (ws / "models" / "production.json").is_file()
+    assert len(list((ws / "models").glob("production-npz-6cls-*.json"))) == 1
 
     cli("ingest", "--workdir", ws, "--data-path", log, "--out", s / "i", cwd=cwd)
     cli("windows", "--workdir", ws, "--in", s / "i", "--out", s / "w", "--window", 32, "--step", 16, cwd=cwd)

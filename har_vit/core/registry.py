@@ -3,7 +3,7 @@
 Layout (default ``models/``)::
 
     models/
-      production.json          which run serves; replaced atomically (rename), never edited
+      production-<scope>.json  which run serves a dataset and class set (scope_of); replaced atomically
       retrain_history.jsonl    one line per retrain: promoted, kept, skipped or failed
       .lock                    flock()ed by whoever writes the registry
       runs/<run_id>/           a stored run, self-contained:
@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -44,13 +45,23 @@ from har_vit.core.io import (
 )
 from har_vit.core.workspace import Workspace
 
-PRODUCTION = "production.json"
+PRODUCTION = "production.json"  # legacy single pointer; pointers are production-<scope>.json
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,200}")
 HISTORY = "retrain_history.jsonl"
 LOCK = ".lock"
 RUNS = "runs"
 # Files of a train run folder that a stored run keeps (last.pt is resume state: not needed).
 _KEEP = ("best.pt", "history.json", "history.csv")
+
+
+def scope_of(dataset: str, class_names: list[str] | tuple[str, ...]) -> str:
+    """The production scope of a dataset and its classes: ``wisdm-6cls-<8 hex of the names>``.
+
+    >>> scope_of("wisdm", ["Downstairs", "Jogging"])
+    'wisdm-2cls-f12d2e5b'
+    """
+    h = hashlib.sha256("\n".join(map(str, class_names)).encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', str(dataset))}-{len(class_names)}cls-{h}"
 
 
 class Registry:
@@ -96,7 +107,7 @@ class Registry:
             os.close(fd)  # closing releases the flock, also when the process is killed
 
     # -- runs --------------------------------------------------------------------------------
-    def run_dir(self, run_id: str) -> Path:
+    def run_dir(self, run_id: str, source: Path | None = None) -> Path:
         """The folder of stored run ``run_id``; an id that is not a plain name is an ArtefactError.
 
         A run id comes from files a user or an attacker may edit (``production.json``), so it
@@ -104,8 +115,9 @@ class Registry:
         ``runs/`` (not a symlink leading elsewhere).
         """
         if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id):
-            raise ArtefactError(f"{self.root}: run id {run_id!r} is not a plain folder name (letters, digits, "
-                                "'.', '_', '-'); fix production.json from retrain_history.jsonl")
+            where = source or self.root
+            raise ArtefactError(f"{where}: run id {run_id!r} is not a plain folder name (letters, digits, "
+                                f"'.', '_', '-'); restore the pointer from {HISTORY}")
         d = self.root / RUNS / run_id
         if d.is_symlink():
             raise ArtefactError(f"{d}: a stored run must be a folder, not a symlink; remove the link")
@@ -162,34 +174,57 @@ class Registry:
         except (OSError, json.JSONDecodeError) as e:
             raise ArtefactError(f"{d}/registry.json: unreadable ({e}); the stored run is damaged") from None
 
-    # -- production pointer -------------------------------------------------------------------
-    def production(self) -> dict[str, Any] | None:
-        """The production pointer (``run_id``, ``promoted``, ``reason``) or None when unset."""
-        p = self.root / PRODUCTION
-        if not p.is_file():
+    # -- production pointers ---------------------------------------------------------------------
+    # One production model per scope: a dataset and its class set (a model for WISDM v1.1's six
+    # activities cannot serve WISDM 2019's eighteen). Each scope has its pointer file,
+    # ``production-<scope>.json``; a legacy ``production.json`` is read as a scope of its own.
+    def pointers(self) -> dict[str, Path]:
+        """Every production pointer file by scope ('' for a legacy ``production.json``)."""
+        found = {}
+        for f in sorted(self.root.glob("production*.json")) if self.root.is_dir() else []:
+            scope = f.stem[len("production-"):] if f.stem.startswith("production-") else ""
+            if f.stem == "production" or scope:
+                found[scope] = f
+        return found
+
+    def production(self, scope: str | None = None) -> dict[str, Any] | None:
+        """The production pointer (``run_id``, ``promoted``, ``reason``, ``scope``) of ``scope``, or None.
+
+        Without ``scope``: the only pointer there is; several are a UsageError naming them.
+        """
+        pointers = self.pointers()
+        if scope is None:
+            if len(pointers) > 1:
+                names = ", ".join(f"production-{s}" if s else "production" for s in pointers)
+                raise UsageError(f"{self.root}: one production model per dataset ({names}); pass --run with one "
+                                 "of these names, or a run id")
+            p = next(iter(pointers.values()), None)
+        else:
+            p = pointers.get(scope)
+        if p is None or not p.is_file():
             return None
         try:
             body = json.loads(p.read_text())
-            if not (self.run_dir(body["run_id"]) / "best.pt").is_file():
+            if not (self.run_dir(body["run_id"], p) / "best.pt").is_file():
                 raise KeyError("run missing")
         except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ArtefactError(f"{p}: unreadable or points at a missing run ({e}); restore it from "
                                 f"{HISTORY} (each promotion is recorded there)") from None
         return body
 
-    def promote(self, run_id: str, reason: str) -> dict[str, Any]:
-        """Point production at ``run_id`` with one atomic rename."""
+    def promote(self, run_id: str, reason: str, scope: str) -> dict[str, Any]:
+        """Point ``scope``'s production at ``run_id`` with one atomic rename."""
         if not (self.run_dir(run_id) / "best.pt").is_file():
             raise ArtefactError(f"{self.run_dir(run_id)}: not a stored run; cannot promote it")
-        body = {"run_id": run_id, "promoted": now_iso(), "reason": reason}
-        write_json(self.root / PRODUCTION, body)
+        body = {"run_id": run_id, "scope": scope, "promoted": now_iso(), "reason": reason}
+        write_json(self.root / f"production-{scope}.json", body)
         return body
 
     def resolve(self, spec: str | os.PathLike) -> Path:
-        """``production``, a stored run id, or a run folder -> the run folder."""
+        """``production`` (or ``production-<scope>``), a stored run id, or a run folder -> the run folder."""
         spec = str(spec)
-        if spec == "production":
-            prod = self.production()
+        if spec == "production" or (spec.startswith("production-") and spec[len("production-"):] in self.pointers()):
+            prod = self.production(None if spec == "production" else spec[len("production-"):])
             if prod is None:
                 raise UsageError(f"{self.root}: no production model yet; run 'pipeline.py run' or 'retrain' first, "
                                  "or pass a run folder to --run")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from har_vit.core.io import write_json
+from har_vit.core.registry import scope_of
 from har_vit.core.runid import new_run_id
 from har_vit.core.schema import as_dict, build
 
@@ -70,10 +71,13 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, run_id: 
     path = report.run(out / "model", reports_dir, run_id)
     echo(f"[5/5] report: {path}")
     result = JobResult(run_id, out, out / "model", Path(path), me)
-    return _register(result, Path(values["registry"]), values["lock_timeout"], echo) if register else result
+    if not register:
+        return result
+    scope = scope_of(ing_cfg.dataset, mt["class_names"])
+    return _register(result, Path(values["registry"]), values["lock_timeout"], scope, echo)
 
 
-def _register(result: JobResult, root: Path, wait: float, echo: Callable[[str], None]) -> JobResult:
+def _register(result: JobResult, root: Path, wait: float, scope: str, echo: Callable[[str], None]) -> JobResult:
     from dataclasses import replace
 
     from har_vit.core.registry import Registry
@@ -83,9 +87,9 @@ def _register(result: JobResult, root: Path, wait: float, echo: Callable[[str], 
         stored = reg.store(result.model_dir, result.run_id, accuracy=result.metrics["accuracy"],
                            macro_f1=result.metrics["macro_f1"], split=result.metrics.get("split"),
                            report=str(result.report))
-        promoted = reg.production() is None
+        promoted = reg.production(scope) is None  # the first model of a dataset and class set serves it
         if promoted:
-            reg.promote(result.run_id, "first model: no production model yet")
-    echo(f"registry: stored {stored}" + ("; promoted to production (first model)" if promoted else
-                                         "; production unchanged (use 'retrain' to compare and promote)"))
+            reg.promote(result.run_id, f"first model of {scope}: no production model yet", scope)
+    echo(f"registry: stored {stored}" + (f"; promoted to production-{scope} (first model of it)" if promoted else
+                                         f"; production-{scope} unchanged (use 'retrain' to compare and promote)"))
     return replace(result, stored=stored, promoted=promoted)

@@ -24,7 +24,7 @@ import numpy as np
 
 from har_vit.core.errors import HarVitError
 from har_vit.core.io import sha256_file
-from har_vit.core.registry import Registry
+from har_vit.core.registry import Registry, scope_of
 from har_vit.core.runid import new_run_id
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
@@ -99,16 +99,18 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> Retra
         cfgs = {"ingest": as_dict(ing_cfg), "windows": as_dict(build(windows.WindowConfig, values)),
                 "train": as_dict(build(train.TrainConfig, values)), "evaluate": as_dict(build(evaluate.EvalConfig, values))}
         chash = config_hash(cfgs)
-        prod = reg.production()
+        scope = scope_of(source.dataset, _class_names(source))
+        prod = reg.production(scope)  # production of this dataset and class set only
         prod_dir = reg.run_dir(prod["run_id"]) if prod else None
         if prod_dir is not None:
             # Hold out production's test users so its test windows are unseen by the candidate.
             split = json.loads((prod_dir / "manifest.json").read_text()).get("split", {})
             if split.get("protocol") in ("subject", "loso") and split.get("test_users") and not values.get("test_users"):
                 values.update(test_users=tuple(split["test_users"]), split="subject")
-        base = {"data_hash": dhash, "config_hash": chash, "production_run_id": prod["run_id"] if prod else None,
+        base = {"scope": scope, "data_hash": dhash, "config_hash": chash,
+                "production_run_id": prod["run_id"] if prod else None,
                 "tolerance": tolerance}
-        done = [h for h in reg.history() if h.get("status") in ("promoted", "kept")]
+        done = [h for h in reg.history() if h.get("status") in ("promoted", "kept") and h.get("scope") == scope]
         if done and done[-1].get("data_hash") == dhash and done[-1].get("config_hash") == chash:
             msg = f"skipped: data and config unchanged since the retrain of {done[-1].get('time')}; nothing to do"
             reg.append_history({"status": "skipped", "reason": "data and config unchanged", **base})
@@ -122,7 +124,7 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> Retra
                     "split": res.metrics.get("split"), "report": str(res.report)}
             if prod_dir is None:
                 reg.store(res.model_dir, run_id, **info)
-                reg.promote(run_id, "first model: no production model yet")
+                reg.promote(run_id, f"first model of {scope}: no production model yet", scope)
                 msg = f"promoted {run_id}: first model in {reg.root} (test macro F1 {res.metrics['macro_f1']:.4f})"
                 reg.append_history({"status": "promoted", "run_id": run_id, "reason": "no production model",
                                     "candidate_macro_f1": res.metrics["macro_f1"], **base})
@@ -146,13 +148,22 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print) -> Retra
                                  run_id, res.report, res.out)
         if cand >= cur - tolerance:
             reason = f"candidate macro F1 {cand:.4f} >= production {cur:.4f} - tolerance {tolerance}"
-            reg.promote(run_id, reason)
+            reg.promote(run_id, reason, scope)
             reg.append_history({"status": "promoted", "reason": reason, **record})
             return RetrainResult("promoted", f"promoted {run_id}: {reason}", run_id, res.report, res.out)
         reason = f"candidate macro F1 {cand:.4f} < production {cur:.4f} - tolerance {tolerance}"
         reg.append_history({"status": "kept", "reason": reason, **record})
         return RetrainResult("kept", f"kept production {prod['run_id']}: {reason}; candidate stored as {run_id}",
                              run_id, res.report, res.out)
+
+
+def _class_names(source: Any) -> list[str]:
+    """The class names a dataset source trains on (read from the .npz for pre-windowed data)."""
+    if not source.prewindowed:
+        return list(source.class_names)
+    from har_vit.core.io import load_npz
+
+    return [str(c) for c in load_npz(source.windows_npz, ("class_names",))["class_names"]]
 
 
 def comparison_leak(candidate: Path, production: Path) -> str | None:
