@@ -85,3 +85,23 @@ def test_leftovers_of_killed_stages_are_cleaned_and_a_half_swap_is_undone(tmp_pa
         write_text(d / "a.txt", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == [mine.name, "stage"]
     assert (final / "a.txt").read_text() == "new"
+
+
+def test_temporary_files_of_killed_writes_are_removed_when_the_stage_restarts(tmp_path):
+    from har_vit.core.io import begin_stage
+
+    (tmp_path / ".last.pt.k3j2h1.tmp").write_bytes(b"\0" * 1000)  # what kill -9 mid-write leaves
+    (tmp_path / "keep.txt").write_text("a user's file")
+    begin_stage(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_half_stored_runs_of_killed_processes_are_removed_by_the_next_store(tmp_path):
+    from har_vit.core.registry import _clean_stale_stores
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f".run-a.tmp-{dead}").mkdir()
+    (tmp_path / f".run-b.tmp-{os.getpid()}").mkdir()  # this process's, in progress: kept
+    _clean_stale_stores(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == [f".run-b.tmp-{os.getpid()}"]

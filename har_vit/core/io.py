@@ -169,7 +169,22 @@ def begin_stage(folder: str | os.PathLike) -> Path:
     with disk_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
+        remove_temp_files(out)
     return out
+
+
+def remove_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that killed :func:`atomic_path` writes left in ``folder``; returns how many.
+
+    Called when a stage (re)starts in its folder, before it writes anything, so no live
+    write of that stage can be among them.
+    """
+    n = 0
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 @contextlib.contextmanager
@@ -213,7 +228,7 @@ def clean_leftovers(folder: str | os.PathLike) -> None:
     for p in final.parent.glob(f".{glob.escape(final.name)}.*-*-*"):
         kind, _, rest = p.name[len(final.name) + 2:].partition("-")
         pid = rest.split("-", 1)[0]
-        if kind not in ("tmp", "old") or not pid.isdigit() or _alive(int(pid)):
+        if kind not in ("tmp", "old") or not pid.isdigit() or pid_alive(int(pid)):
             continue
         if kind == "old" and not final.exists():
             os.rename(p, final)  # killed between the two renames of a swap: the old result is the good one
@@ -221,7 +236,8 @@ def clean_leftovers(folder: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (this one always does)."""
     if pid == os.getpid():
         return True
     try:

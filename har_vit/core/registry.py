@@ -38,6 +38,7 @@ from har_vit.core.io import (
     file_entry,
     load_npz,
     now_iso,
+    pid_alive,
     read_manifest,
     save_npz,
     write_json,
@@ -136,6 +137,7 @@ class Registry:
         dest = self.run_dir(run_id)
         if dest.exists():
             raise UsageError(f"{dest}: a run with id {run_id} is already stored; runs are never overwritten")
+        _clean_stale_stores(dest.parent)
         tmp = dest.parent / f".{run_id}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -259,6 +261,14 @@ class Registry:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _clean_stale_stores(runs: Path) -> None:
+    """Remove the hidden half-stored runs of killed processes (``.<run id>.tmp-<pid>``)."""
+    for p in runs.glob(".*.tmp-*") if runs.is_dir() else []:
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def _store_test_windows(w: dict[str, Any], test: np.ndarray, out: Path) -> None:
