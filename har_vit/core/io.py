@@ -162,14 +162,15 @@ def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def begin_stage(folder: str | os.PathLike) -> Path:
+def begin_stage(folder: str | os.PathLike, clean: bool = True) -> Path:
     """Create ``folder`` and drop any old manifest first: until the new manifest is
     written last, the folder reads as unfinished, never as the old result."""
     out = Path(folder)
     with disk_errors(out):
         out.mkdir(parents=True, exist_ok=True)
         (out / MANIFEST).unlink(missing_ok=True)
-        remove_temp_files(out)
+        if clean:  # only when the stage (re)starts: a write of its own may be in flight later
+            remove_temp_files(out)
     return out
 
 

@@ -287,7 +287,7 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
                     f"{len(X)} windows ({data_desc}; {runtime}) exceeds the tolerance {cfg.parity_tolerance:g}; the export "
                     "was discarded. If this is float noise raise --parity-tolerance, else report an exporter bug")
             # From here the new file replaces the old; an old manifest must not vouch for it meanwhile.
-            begin_stage(out_dir)
+            begin_stage(out_dir, clean=False)  # the export's own temporary file is in flight
     except BaseException:
         if created and out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()  # we made it and left nothing in it
