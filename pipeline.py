@@ -33,6 +33,24 @@ def resolve(command: str, kw: dict[str, Any]) -> dict[str, Any]:
     return Workspace.at(values.get("workdir")).fill(values, command)
 
 
+def say(lines: list[str]) -> None:
+    """The end-of-command summary, on stdout (progress and warnings go to stderr)."""
+    click.echo("\n".join(lines))
+
+
+def model_folder(v: dict[str, Any]) -> Path:
+    """The trained model's folder behind --run: a run folder, any folder inside it, a stored id or production."""
+    from har_vit.core.registry import Registry
+    from har_vit.core.workspace import Workspace
+
+    runs = Workspace.at(v.get("workdir")).runs
+    if v.get("registry"):
+        return Registry(v["registry"]).resolve(v["run"] or "production", runs)
+    from har_vit.core.runs import find_model_dir
+
+    return find_model_dir(v["run"], runs)
+
+
 def options(command: str) -> Callable[[Callable], Callable]:
     from har_vit.core.schema import click_options
 
@@ -88,11 +106,17 @@ def ingest(**kw: Any) -> None:
     from har_vit.core.schema import build
     from har_vit.stages import ingest as stage
 
+    from har_vit.core.summary import command_summary
+
     v = resolve("ingest", kw)
     m = stage.run(build(stage.IngestConfig, v), v["out"])
     q = sum(m["records_quarantined"].values())
-    click.echo(f"ingest: {m['records_kept']:,} of {m['records_total']:,} records kept, {q:,} quarantined "
-               f"({', '.join(f'{k}: {n}' for k, n in m['records_quarantined'].items()) or 'none'}) -> {v['out']}")
+    out = Path(v["out"])
+    say(command_summary(
+        f"ingest of {v['dataset']}: {m['records_kept']:,} of {m['records_total']:,} records kept, {q:,} quarantined "
+        f"({', '.join(f'{k}: {n}' for k, n in m['records_quarantined'].items()) or 'none'})",
+        extra=(f"written: {out} (records.npz, quarantine.csv, manifest.json)",),
+        next_step=f"python pipeline.py windows --in {out} --out {out.parent / 'windows'}"))
 
 
 @cli.command(context_settings=HELP)
@@ -118,7 +142,12 @@ def windows(**kw: Any) -> None:
         m = stage.import_npz(cfg, v["data_path"], v["out"])
     else:
         raise UsageError("give --in INGEST_FOLDER (or --dataset npz --data-path FILE.npz)")
-    click.echo(f"windows: {m['windows_total']:,} windows of {m['window']} (step {m['step']}) -> {v['out']}")
+    from har_vit.core.summary import command_summary
+
+    out = Path(v["out"])
+    say(command_summary(f"windows: {m['windows_total']:,} windows of {m['window']} (step {m['step']})",
+                        extra=(f"written: {out}",),
+                        next_step=f"python pipeline.py train --in {out} --out {out.parent / 'model'}"))
 
 
 @cli.command(context_settings=HELP)
@@ -139,11 +168,15 @@ def train(**kw: Any) -> None:
     from har_vit.core.schema import build
     from har_vit.stages import train as stage
 
+    from har_vit.core.summary import command_summary
+
     v = resolve("train", kw)
     m = stage.run(build(stage.TrainConfig, v), v["in_dir"], v["out"], resume=v["resume"])
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; rank 0 speaks
-        click.echo(f"train: {m['model']} on {m['device']}, best val macro F1 {m['best_val_macro_f1']:.4f} "
-                   f"(epoch {m['best_epoch']}) -> {v['out']}")
+        say(command_summary(
+            f"train: {m['model']} on {m['device']}, {m['epochs_run']} epochs, best val macro F1 "
+            f"{m['best_val_macro_f1']:.4f} (epoch {m['best_epoch']}; validation users only, the test split untouched)",
+            run_dir=v["out"], next_step=f"python pipeline.py evaluate --run {v['out']}"))
 
 
 @cli.command(context_settings=HELP)
@@ -159,10 +192,15 @@ def evaluate(**kw: Any) -> None:
     from har_vit.core.schema import build
     from har_vit.stages import evaluate as stage
 
+    from har_vit.core.summary import command_summary, evaluated, run_folder
+
     v = resolve("evaluate", kw)
-    m = stage.run(build(stage.EvalConfig, v), v["run"])
-    click.echo(f"evaluate: accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n_test']:,} test windows "
-               f"({m['split']['protocol']} split) -> {Path(v['run']) / 'eval'}")
+    model_dir = model_folder(v)
+    m = stage.run(build(stage.EvalConfig, v), model_dir)
+    _, dataset = evaluated(model_dir)
+    say(command_summary(f"evaluate: {m['n_test']:,} test windows -> {model_dir / stage.EVAL_DIR}", m,
+                        run_dir=run_folder(model_dir), dataset=dataset,
+                        next_step=f"python pipeline.py report --run {run_folder(model_dir)}"))
 
 
 @cli.command(context_settings=HELP)
@@ -177,8 +215,14 @@ def report(**kw: Any) -> None:
     """
     from har_vit.stages import report as stage
 
+    from har_vit.core.summary import command_summary, evaluated, run_folder
+
     v = resolve("report", kw)
-    click.echo(f"report: {stage.run(v['run'], v['reports_dir'], v['report_name'])}")
+    model_dir = model_folder(v)
+    page = stage.run(model_dir, v["reports_dir"], v["report_name"])
+    m, dataset = evaluated(model_dir)
+    say(command_summary(f"report of {run_folder(model_dir).name} (index: {Path(v['reports_dir']) / 'index.html'})", m,
+                        run_dir=run_folder(model_dir), report=page, dataset=dataset))
 
 
 @cli.command(context_settings=HELP)
@@ -198,9 +242,12 @@ def run(**kw: Any) -> None:
     """
     from har_vit.stages import job
 
+    from har_vit.core.summary import command_summary, evaluated
+
     result = job.run(resolve("run", kw), echo=lambda s: click.echo(s, err=True))
-    click.echo(f"run: {result.out}")
-    click.echo(f"report: {result.report}")
+    _, dataset = evaluated(result.model_dir)
+    say(command_summary(f"run {result.run_id}: ingest, windows, train, evaluate, report", result.metrics,
+                        run_dir=result.out, report=result.report, dataset=dataset))
 
 
 @cli.command(context_settings=HELP)
@@ -222,11 +269,11 @@ def retrain(**kw: Any) -> None:
     except HarVitError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
-    click.echo(f"retrain: {result.message}")
-    if result.run_dir:
-        click.echo(f"run: {result.run_dir}")
-    if result.report:
-        click.echo(f"report: {result.report}")
+    from har_vit.core.summary import command_summary, evaluated
+
+    m, dataset = evaluated(Path(result.run_dir) / "model") if result.run_dir else (None, None)
+    say(command_summary(f"retrain {result.status}: {result.message}", m, run_dir=result.run_dir,
+                        report=result.report, dataset=dataset))
     sys.exit(result.exit_code)
 
 
@@ -240,18 +287,25 @@ def predict(**kw: Any) -> None:
     Example:
       python pipeline.py predict --run production --data-path new_log.txt --out predictions.csv
     """
-    from har_vit.core.registry import Registry
     from har_vit.core.schema import build
+    from har_vit.core.summary import command_summary, run_folder
     from har_vit.stages import predict as stage
 
     v = resolve("predict", kw)
-    m = stage.run(build(stage.PredictConfig, v), Registry(v["registry"]).resolve(v["run"] or "production"),
-                  v["data_path"], v["out"])
+    model_dir = model_folder(v)
+    m = stage.run(build(stage.PredictConfig, v), model_dir, v["data_path"], v["out"])
     for w in m.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
     q = sum(m["records_quarantined"].values())
-    click.echo(f"predict: {m['windows_total']:,} windows from {m['records_kept']:,} of {m['records_total']:,} records "
-               f"({q:,} quarantined) -> {v['out']}")
+    top = sorted(m["per_predicted"].items(), key=lambda kv: -kv[1])[:3]
+    trained = f"; the training windows had step {m['training_step']}" if m.get("training_step") else ""
+    say(command_summary(
+        f"predict: {m['windows_total']:,} windows of {m['window']} samples, step {m['step']}{trained}, from "
+        f"{m['records_kept']:,} of {m['records_total']:,} records ({q:,} quarantined) with {m['model']} "
+        f"(run {m['run_id']})",
+        run_dir=run_folder(model_dir),
+        extra=("most predicted: " + ", ".join(f"{k} {n:,}" for k, n in top),
+               f"written: {v['out']} (one row per window), {stage.sidecar(v['out'], 'quarantine.csv')}")))
 
 
 @cli.command(context_settings=HELP)
@@ -264,17 +318,19 @@ def export(**kw: Any) -> None:
     Example:
       python pipeline.py export --run production --format onnx --out exported/
     """
-    from har_vit.core.registry import Registry
     from har_vit.core.schema import build
+    from har_vit.core.summary import command_summary, run_folder
     from har_vit.stages import export as stage
 
     v = resolve("export", kw)
     cfg = build(stage.ExportConfig, v)
-    m = stage.run(cfg, Registry(v["registry"]).resolve(v["run"] or "production"), v["out"])
+    model_dir = model_folder(v)
+    m = stage.run(cfg, model_dir, v["out"])
     for w in m.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
-    click.echo(f"export: {cfg.format}, max |logit diff| {m['max_abs_diff']:.2e} <= {m['tolerance']:.0e} "
-               f"on {m['n_windows']} windows -> {v['out']}")
+    say(command_summary(f"export: {cfg.format}, max |logit diff| {m['max_abs_diff']:.2e} <= {m['tolerance']:.0e} "
+                        f"against PyTorch on {m['n_windows']} windows ({m['parity_data']}; {m['runtime']})",
+                        run_dir=run_folder(model_dir), extra=(f"written: {Path(v['out']) / m['file']}",)))
 
 
 @cli.command(context_settings=HELP)
@@ -303,6 +359,27 @@ def models() -> None:
         m = create_model(name)
         click.echo(f"{name:12s} {sum(p.numel() for p in m.parameters()):>12,} params")
     click.echo(f"{'rf':12s} {'fitted':>12s}        random forest (300 trees) on per-window statistics: the classical baseline")
+
+
+@cli.command(context_settings=HELP)
+@options("doctor")
+@handle_errors
+def doctor(**kw: Any) -> None:
+    """Say what run would use and where it would write; probe every part; download nothing.
+
+    \b
+    One line per check: ok, info, warn, missing (optional part: how to install it) or fail.
+    Exit codes: 0 run has every required part, 1 a required one is missing or broken
+    (the last line says what to fix), 2 bad usage.
+    Examples:
+      python pipeline.py doctor
+      python pipeline.py doctor --workdir /srv/har_vit --dataset wisdm2019 --data-path ../shared/data/wisdm2019
+    """
+    from har_vit.stages import doctor as stage
+
+    report = stage.run(resolve("doctor", kw), echo=click.echo)
+    report.raise_if_failed()
+    click.echo(f"doctor: {report.summary()}")
 
 
 def main() -> None:

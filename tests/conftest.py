@@ -33,6 +33,11 @@ def synth_log(tmp_path):
 @pytest.fixture
 def windows_npz(tmp_path):
     """A small pre-windowed dataset: 6 users x 6 classes x 8 windows of 32 x 3, class-dependent signal."""
+    return make_windows_npz(tmp_path / "win.npz")
+
+
+def make_windows_npz(p: Path) -> Path:
+    """Write the ``windows_npz`` dataset to ``p``."""
     rng = np.random.default_rng(0)
     X, y, s = [], [], []
     for u in range(1, 7):
@@ -41,6 +46,5 @@ def windows_npz(tmp_path):
             X.append(np.sin(2 * np.pi * (c + 1) * t + rng.normal(size=(8, 1, 3))) + 0.1 * rng.normal(size=(8, 32, 3)))
             y += [c] * 8
             s += [u] * 8
-    p = tmp_path / "win.npz"
     np.savez(p, X=np.concatenate(X).astype(np.float32), y=np.array(y), subject=np.array(s), class_names=np.array(ACTIVITIES))
     return p

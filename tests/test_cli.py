@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "ingest", "windows", "train", "evaluate", "report", "predict", "retrain", "export"]
+COMMANDS = ["run", "ingest", "windows", "train", "evaluate", "report", "predict", "retrain", "export", "doctor"]
 
 
 def cli(*args):
@@ -33,7 +33,7 @@ def test_every_command_has_help_with_an_example(command):
     (["ingest", "--dataset", "wisdm", "--data-path", "{tmp}/junk.txt", "--out", "{tmp}/o"], 1, "all 2 records quarantined"),
     (["windows", "--in", "{tmp}/nothing", "--out", "{tmp}/w"], 1, "no manifest"),
     (["train", "--in", "{tmp}/nothing", "--out", "{tmp}/m", "--model", "nope"], 2, "Invalid value for '--model'"),
-    (["evaluate", "--run", "{tmp}/nothing"], 1, "no manifest"),
+    (["evaluate", "--run", "{tmp}/nothing"], 2, "no such folder"),
     (["run", "--dataset", "npz"], 2, "--data-path"),
 ])
 def test_bad_input_is_one_line_and_an_exit_code(tmp_path, args, code, needle):

@@ -337,3 +337,60 @@ def test_cuda_latency_is_timed_with_synchronisation_and_named():
     assert cuda["device_name"] == torch.cuda.get_device_name(0) and "threads" not in cuda
     assert 0 < cuda["batch_1"]["median"] <= cuda["batch_1"]["p90"]
     assert any("cuda.synchronize" in r["how"] for r in efficiency.efficiency_rows(eff))
+
+
+def test_per_user_figures_agree_with_the_written_test_predictions(evaluated):
+    run_dir, m = evaluated
+    y_true, y_pred = reference_predict(run_dir)
+    df = pd.read_csv(run_dir / "eval" / "test_predictions.csv")
+    assert list(df.columns) == ["window", "user", "true", "predicted", "confidence"]
+    assert df["true"].tolist() == [CLASSES[i] for i in y_true]
+    assert df["predicted"].tolist() == [CLASSES[i] for i in y_pred]
+    assert ((df["confidence"] > 1 / len(CLASSES)) & (df["confidence"] <= 1)).all()
+    assert sorted(m["per_user"]) == sorted(str(u) for u in TEST_USERS)
+    for user, rows in df.groupby("user"):
+        got = m["per_user"][str(user)]
+        assert got["windows"] == len(rows)
+        assert got["accuracy"] == pytest.approx((rows["true"] == rows["predicted"]).mean())
+        assert got["macro_f1"] == pytest.approx(f1_score(rows["true"], rows["predicted"], average="macro"))
+        for name, part in rows.groupby("true"):
+            assert got["recall"][name] == pytest.approx((part["predicted"] == name).mean())
+        wrong = rows[rows["true"] != rows["predicted"]]
+        if len(wrong):
+            top = wrong.groupby(["true", "predicted"]).size().max()
+            pair = got["top_confusion"]
+            assert pair["windows"] == top
+            assert len(wrong[(wrong["true"] == pair["true"]) & (wrong["predicted"] == pair["predicted"])]) == top
+        else:
+            assert got["top_confusion"] is None
+    assert {"per_user.png", "saliency.png"} <= {p.name for p in (run_dir / "eval" / "plots").glob("*.png")}
+
+
+class _LooksAt(torch.nn.Module):
+    """Logits from samples 10..15 of the window only: its saliency must be zero everywhere else."""
+
+    def forward(self, x):
+        s = x[:, 10:16, :].sum(dim=(1, 2))
+        return torch.stack([s, -s], dim=1)
+
+
+def test_saliency_marks_the_samples_that_move_the_score():
+    from har_vit.core.inference import saliency
+
+    X = np.random.default_rng(0).normal(size=(3, T, C)).astype(np.float32)
+    norm = {"mean": [0.0, 0.0, 0.0], "std": [2.0, 2.0, 2.0]}
+    sal = saliency(_LooksAt(), norm, X, np.array([0, 1, 0]), smooth=1)
+    assert sal.shape == (3, T) and np.allclose(sal.max(axis=1), 1.0)
+    assert np.all(sal[:, 10:16] == 1.0) and np.all(sal[:, :10] == 0) and np.all(sal[:, 16:] == 0)
+    smoothed = saliency(_LooksAt(), norm, X, np.array([0, 1, 0]), smooth=5)
+    assert np.all(smoothed[:, :8] == 0) and np.all(smoothed[:, 18:] == 0) and np.all(smoothed[:, 10:16] > 0)
+
+
+def test_forest_has_no_saliency():
+    from har_vit.core.inference import saliency
+    from har_vit.model.forest import fit_forest
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, T, C)).astype(np.float32)
+    forest = fit_forest(torch.from_numpy(X), np.arange(40) % 2, 2, seed=0, trees=5)
+    assert saliency(forest, {"mean": [0.0] * C, "std": [1.0] * C}, X[:2], np.array([0, 1])) is None

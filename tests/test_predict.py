@@ -32,7 +32,7 @@ CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking"
 T, C = 32, 3
 GAP_S = 2.0  # the windows manifest's gap: not the fallback's 1 s, so a test can tell which was used
 STEP_NS = 50_000_000  # 20 Hz
-CPU = PredictConfig(device="cpu")
+CPU = PredictConfig(device="cpu", step=T)  # step = the run's window, as its windows had
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -165,11 +165,11 @@ def test_unlabelled_log_rows_probabilities_and_quarantine(run_dir, tmp_path):
     summary = run(CPU, run_dir, log, out)
 
     lengths = [len(b) for b in exp["bouts"]]
-    want = n_windows(lengths, T, T)  # the run's step is its window (32), read from the windows manifest
+    want = n_windows(lengths, T, T)
     df = pd.read_csv(out)
     assert len(df) == want == summary["windows_total"]
-    assert (summary["window"], summary["step"], summary["gap_s"]) == (T, T, GAP_S)
-    assert summary["window_settings_from"].startswith("windows manifest")
+    assert (summary["window"], summary["step"], summary["gap_s"]) == (T, T, GAP_S)  # gap from the windows manifest
+    assert summary["window_settings_from"].startswith("windows manifest") and summary["training_step"] == T
     assert summary["bouts_total"] == len(lengths) and summary["bouts_windowed"] == sum(n >= T for n in lengths)
     assert summary["warnings"] == []
 
@@ -205,6 +205,20 @@ def test_unlabelled_log_rows_probabilities_and_quarantine(run_dir, tmp_path):
     assert manifest["records_in_windows"] == sum((n - T) // T * T + T for n in lengths if n >= T)
 
 
+def test_default_step_is_64_whatever_the_training_windows_had(run_dir, tmp_path):
+    # The run's windows were cut with step 32 (= its window); new logs are cut every 64 samples by
+    # default, every 8 when asked, and the manifest says which step was used and which the run had.
+    log = tmp_path / "phone.txt"
+    exp = make_unlabelled_log(log)
+    lengths = [len(b) for b in exp["bouts"]]
+    for cfg, step in ((PredictConfig(device="cpu"), 64), (PredictConfig(device="cpu", step=8), 8)):
+        summary = run(cfg, run_dir, log, tmp_path / f"s{step}.csv")
+        assert (summary["step"], summary["training_step"], summary["window"]) == (step, T, T)
+        assert summary["windows_total"] == len(pd.read_csv(tmp_path / f"s{step}.csv")) == n_windows(lengths, T, step)
+    starts = pd.read_csv(tmp_path / "s8.csv")
+    np.testing.assert_allclose(starts.filter(like="p_"), reference_proba(run_dir, exp["bouts"], 8), atol=2e-5)
+
+
 def test_batch_size_does_not_change_predictions(run_dir, tmp_path):
     log = tmp_path / "phone.txt"
     make_unlabelled_log(log)
@@ -227,8 +241,8 @@ def test_fallback_without_windows_folder_and_folder_input(tmp_path):
         fh.write("\n".join(text) + "\n")
     (data / "readme.txt").write_text("This folder holds phone logs.\nRecorded in 2024.\n")
 
-    summary = run(CPU, run_dir, data, tmp_path / "preds.csv")
-    # Fallback: the checkpoint's window, half-window step, 1 s gap; and it says so.
+    summary = run(PredictConfig(device="cpu", step=T // 2), run_dir, data, tmp_path / "preds.csv")
+    # Fallback: the checkpoint's window and a 1 s gap; and it says so.
     assert (summary["window"], summary["step"], summary["gap_s"]) == (T, T // 2, 1.0)
     assert summary["window_settings_from"].startswith("fallback")
     assert any("fallback" in w for w in summary["warnings"])
@@ -256,7 +270,7 @@ def test_bad_inputs_are_clear_errors(run_dir, tmp_path):
     log = tmp_path / "phone.txt"
     make_unlabelled_log(log)
     (tmp_path / "empty_run").mkdir()
-    with pytest.raises(ArtefactError, match="best.pt"):
+    with pytest.raises(UsageError, match="no trained model .*best.pt"):
         run(CPU, tmp_path / "empty_run", log, tmp_path / "p.csv")
     junk = tmp_path / "junk.txt"
     junk.write_text("hello world\nnot a log\n")

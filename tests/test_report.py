@@ -11,19 +11,18 @@ import json
 import re
 import shutil
 import struct
-import subprocess
-from pathlib import Path
 
 import pytest
 from test_evaluate import build_run
 
+from har_vit.core import browser
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.model import article
 from har_vit.stages.evaluate import EvalConfig
 from har_vit.stages.evaluate import run as evaluate
 from har_vit.stages.report import (
-    DASH,
     Alert,
+    Headline,
     Para,
     Table,
     article_section,
@@ -31,15 +30,20 @@ from har_vit.stages.report import (
     build_summary,
     data_section,
     fmt,
+    headline,
     load_chain,
+    per_user_section,
     render_html,
     render_markdown,
     run,
 )
 
 FAST = EvalConfig(device="cpu", skip_latency=True)
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = browser.find_chromium()
 WARN_BOX = '<div class="warn"'
+W2019_CLASSES = ["Walking", "Jogging", "Stairs", "Sitting", "Standing", "Typing", "Brushing Teeth", "Eating Soup",
+                 "Eating Chips", "Eating Pasta", "Drinking from Cup", "Eating Sandwich", "Kicking (Soccer Ball)",
+                 "Playing Catch w/Tennis Ball", "Dribbling (Basketball)", "Writing", "Clapping", "Folding Clothes"]
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +51,15 @@ def reports(tmp_path_factory):
     root = tmp_path_factory.mktemp("reports")
     run_a = build_run(root / "a", run_id="run-a", created="2024-01-01T00:00:00+00:00", seed=0)
     run_b = build_run(root / "b", run_id="run-b", protocol="per-stream", created="2024-02-01T00:00:00+00:00", seed=1)
+    # An 18-activity run (WISDM 2019's class set), trained last: its own group in the index, no article table.
+    run_c = build_run(root / "c", run_id="run-c", created="2024-03-01T00:00:00+00:00", seed=2,
+                      class_names=tuple(W2019_CLASSES))
     out = root / "reports"
     metrics = {}
-    for run_dir in (run_a, run_b):
+    for run_dir in (run_a, run_b, run_c):
         metrics[run_dir.name] = evaluate(FAST, run_dir)
         assert run(run_dir, out) == out / run_dir.name / "report.html"
-    return {"root": root, "out": out, "runs": {"run-a": run_a, "run-b": run_b}, "metrics": metrics}
+    return {"root": root, "out": out, "runs": {"run-a": run_a, "run-b": run_b, "run-c": run_c}, "metrics": metrics}
 
 
 def _read(reports, run_id, name="report.html"):
@@ -67,8 +74,8 @@ def test_report_writes_markdown_html_summary_and_plots(reports):
     folder = reports["out"] / "run-a"
     md = _read(reports, "run-a", "report.md")
     for section in ("## Data", "## Windows and split protocol", "## Model and training set-up", "## Results",
-                    "## Per-class results", "## Plots", "## Efficiency", "## Against the article",
-                    "## Change since the previous run"):
+                    "## Per test user", "## Per-class results", "## Plots", "## What the model looks at",
+                    "## Efficiency", "## Against the article", "## Change since the previous run"):
         assert section in md
     for png in re.findall(r"\]\((plots/[^)]+\.png)\)", md):  # every Markdown image exists beside it
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
@@ -111,19 +118,67 @@ def test_article_table_sits_beside_ours_by_class_name(reports):
     assert "leaky" in md.split("## Against the article")[1]
 
 
-def test_article_rows_show_a_dash_where_classes_differ(reports):
-    # WISDM 2019-like names: lower case, no up/down stairs, extra activities.
-    names = ["walking", "jogging", "stairs", "sitting", "standing", "typing"]
+def _with_classes(chain, names):
+    return dataclasses.replace(chain, metrics={**chain.metrics, "class_names": names,
+                                               "per_class_accuracy": {n: 0.5 for n in names}})
+
+
+def test_article_comparison_only_where_the_classes_are_the_articles(reports):
     chain = load_chain(reports["runs"]["run-a"])
-    chain = dataclasses.replace(chain, metrics={**chain.metrics, "class_names": names,
-                                                "per_class_accuracy": {n: 0.5 + i / 100 for i, n in enumerate(names)}})
-    table = next(b for b in article_section(chain) if isinstance(b, Table))
+    blocks = article_section(_with_classes(chain, W2019_CLASSES))
+    assert not any(isinstance(b, Table) for b in blocks)
+    (why,) = [b.text for b in blocks if isinstance(b, Para)]
+    assert "18 classes" in why and "not comparable" in why
+    # The same six activities in another case and order are the article's: the table is there.
+    six = [n.lower() for n in reversed(article.PER_CLASS_ACCURACY)]
+    table = next(b for b in article_section(_with_classes(chain, six)) if isinstance(b, Table))
     rows = {r[0]: r[1:] for r in table.rows}
-    assert rows["accuracy: Walking"] == ("0.5000", "0.9863")  # matched regardless of case
-    assert rows["accuracy: Upstairs"] == (DASH, "0.9945")
-    assert rows["accuracy: stairs"] == ("0.5200", DASH)
-    assert rows["accuracy: typing"] == ("0.5500", DASH)
-    assert len([r for r in rows if r.startswith("accuracy: ")]) == 8
+    assert rows["accuracy: Walking"] == ("0.5000", "0.9863")  # matched by name regardless of case
+    assert len([r for r in rows if r.startswith("accuracy: ")]) == 6
+
+
+def test_headline_box_comes_first_and_says_what_the_scores_mean(reports):
+    chain = load_chain(reports["runs"]["run-a"])
+    m = chain.metrics
+    blocks = build_report(chain, build_summary(chain, "x"), None)
+    head = blocks[1]
+    assert isinstance(head, Headline)
+    rows = dict(head.rows)
+    assert list(rows) == ["data", "split", "model", "this model", "baseline", "chance"]
+    assert rows["this model"] == f"accuracy {fmt(m['accuracy'])}, macro F1 {fmt(m['macro_f1'])}"
+    assert fmt(m["baseline"]["macro_f1"]) in rows["baseline"] and "0.1667" in rows["chance"]
+    assert "never seen" in rows["split"] and "5, 6" in rows["split"]
+    assert "people the model never saw" in head.sentence and "chance level of 6 classes" in head.sentence
+    page = render_html(blocks, "x")
+    assert page.index('class="headline"') < page.index("<h2>")  # before any section
+    leaky = _with_split(chain, protocol="random", leaky=True)
+    assert "LEAKY" in dict(headline(leaky).rows)["split"] and "same people" in headline(leaky).sentence
+
+
+def test_results_first_and_the_configuration_folded_away_at_the_end(reports):
+    md = _read(reports, "run-a", "report.md")
+    order = [md.index(h) for h in ("## Results", "## Per test user", "## Per-class results", "## Plots",
+                                   "## What the model looks at", "## Data", "## Model and training set-up",
+                                   "<details>")]
+    assert order == sorted(order)
+    details = md[md.index("<details>"):]
+    assert "| lr |" in details and "| lr |" not in md[:md.index("<details>")]
+    page = _read(reports, "run-a")
+    assert page.count('<details id="configuration">') == 1 and page.rindex("<details") > page.rindex("<figure>")
+
+
+def test_per_user_section_lists_every_test_user_weakest_first(reports):
+    chain = load_chain(reports["runs"]["run-a"])
+    per_user = chain.metrics["per_user"]
+    blocks = per_user_section(chain)
+    table = next(b for b in blocks if isinstance(b, Table))
+    assert [r[0] for r in table.rows] == sorted(per_user, key=lambda u: (per_user[u]["accuracy"], u))
+    for row in table.rows:
+        u = per_user[row[0]]
+        assert row[2] == fmt(u["accuracy"]) and row[1] == fmt(u["windows"])
+        if u["top_confusion"]:
+            assert row[5].startswith(f"{u['top_confusion']['true']} taken for {u['top_confusion']['predicted']}")
+    assert any(getattr(b, "name", "") == "per_user.png" for b in blocks)
 
 
 def test_second_report_shows_the_change_since_the_first(reports):
@@ -214,45 +269,61 @@ def test_real_windows_train_evaluate_report_chain(windows_npz, tmp_path):
 
 # --- headless Chromium ---------------------------------------------------------------
 
-def _chromium(tmp_path: Path, name: str, *args: str) -> subprocess.CompletedProcess:
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / ('profile-' + name)}"]
-    return subprocess.run([CHROMIUM, *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-def _rendered_body(tmp_path: Path, page: Path, name: str) -> dict[str, str]:
-    """``data-*`` attributes the page's inline script set on <body> after load, read from the dumped DOM."""
-    proc = _chromium(tmp_path, name, "--virtual-time-budget=5000", "--dump-dom", page.as_uri())
-    body = re.search(r"<body([^>]*)>", proc.stdout)
-    assert body, f"chromium dumped no DOM for {page}: {proc.stderr[-500:]}"
-    return dict(re.findall(r'(data-[\w-]+)="([^"]*)"', body.group(1)))
+def test_index_groups_runs_by_dataset_and_class_set(reports):
+    index = (reports["out"] / "index.html").read_text(encoding="utf-8")
+    assert "<h2>wisdm, 6 classes (2 run(s))</h2>" in index and "<h2>wisdm, 18 classes (1 run(s))</h2>" in index
+    six, eighteen = index.split("<h2>wisdm, 6 classes")[1], index.split("<h2>wisdm, 18 classes")[1]
+    assert "run-c/report.html" in eighteen.split("<h2>")[0] and "run-c/report.html" not in six.split("<h2>")[0]
+    assert index.index("18 classes") < index.index("6 classes (2")  # the group with the newest run first
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
-def test_report_renders_in_headless_chromium_with_every_image_loaded(reports, tmp_path):
-    page = reports["out"] / "run-b" / "report.html"
-    html_text = page.read_text(encoding="utf-8")
+@pytest.mark.parametrize("width", [1280, 390])
+def test_report_reads_well_in_headless_chromium_at_desktop_and_phone_width(reports, width):
+    for run_id in ("run-a", "run-c"):
+        page = reports["out"] / run_id / "report.html"
+        attrs = browser.body_attributes(page, width, 900)
+        assert attrs["data-viewport-width"] == str(width), attrs
+        assert attrs["data-page-overflows"] == "false", f"{run_id} scrolls sideways at {width} px"
+        order = attrs["data-order"].split("|")
+        # The headline box first, results and the per-user section next, the configuration folded at the end.
+        assert order[0] == "headline" and order[-1] == "details", order
+        assert order.index("Results") < order.index("Per test user") < order.index("Data")
+        assert attrs["data-broken-images"] == "" and attrs["data-images-total"] == attrs["data-images-loaded"]
+        n_img = page.read_text(encoding="utf-8").count("<img ")
+        assert attrs["data-images-total"] == str(n_img) and n_img >= 6
+    dom = browser.dom(reports["out"] / "run-c" / "report.html")
+    article_part = dom.split("<h2>Against the article</h2>")[1].split("<h2>")[0]
+    assert "<table>" not in article_part and "not comparable" in article_part  # 18 classes: no article table
+    per_user = dom.split("<h2>Per test user</h2>")[1].split("<h2>")[0]
+    assert per_user.count("<tr>") == 1 + len(reports["metrics"]["run-c"]["per_user"])
+    assert '<section class="headline" id="headline">' in dom.split("<h2>")[0]
+    dom_a = browser.dom(reports["out"] / "run-a" / "report.html")
+    assert "<table>" in dom_a.split("<h2>Against the article</h2>")[1].split("<h2>")[0]
 
-    shot = tmp_path / "report.png"
-    proc = _chromium(tmp_path, "shot", f"--screenshot={shot}", "--window-size=1280,4000", page.as_uri())
-    assert shot.is_file(), f"no screenshot: {proc.stderr[-500:]}"
-    head = shot.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1280, 4000)
 
-    for name, target in (("report", page), ("index", reports["out"] / "index.html")):
-        attrs = _rendered_body(tmp_path, target, name)
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
+def test_every_image_loads_in_chromium_and_a_broken_one_is_named(reports, tmp_path):
+    for target in (reports["out"] / "run-b" / "report.html", reports["out"] / "index.html"):
+        attrs = browser.body_attributes(target)
         n_img = target.read_text(encoding="utf-8").count("<img ")
         assert n_img >= 1
         assert attrs["data-images-total"] == attrs["data-images-loaded"] == str(n_img), attrs
         assert attrs["data-broken-images"] == ""
         assert int(attrs["data-tables"]) == target.read_text(encoding="utf-8").count("<table>")
-    assert html_text.count("<table>") >= 10
-
     # The check can fail: a page with one undecodable image lists it as broken.
+    html_text = (reports["out"] / "run-b" / "report.html").read_text(encoding="utf-8")
     bad = tmp_path / "broken.html"
     bad.write_text(html_text.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1),
                    encoding="utf-8")
-    attrs = _rendered_body(tmp_path, bad, "broken")
-    assert attrs["data-broken-images"] == "confusion_counts.png"
+    attrs = browser.body_attributes(bad)
+    assert attrs["data-broken-images"] == "per_user.png"  # the first figure of the page
     assert int(attrs["data-images-loaded"]) == int(attrs["data-images-total"]) - 1
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: apt-get install chromium")
+@pytest.mark.parametrize("width, height", [(1280, 900), (390, 844)])
+def test_screenshot_is_the_asked_size(reports, tmp_path, width, height):
+    shot = browser.screenshot(reports["out"] / "run-a" / "report.html", tmp_path / "s.png", width, height)
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (width, height)

@@ -11,7 +11,8 @@ torch.Size([5, 6])
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, ContextManager, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any, ContextManager
 
 import numpy as np
 import torch
@@ -72,3 +73,29 @@ def probabilities(model: nn.Module, norm: Mapping[str, Any], X: Any, device: tor
                   batch_size: int = 512) -> np.ndarray:
     """Class probabilities ``(N, K)`` float32 of raw windows ``X``."""
     return torch.softmax(logits(model, X, device, batch_size, norm), dim=1).cpu().numpy()
+
+
+def saliency(model: nn.Module, norm: Mapping[str, Any], X: np.ndarray, target: np.ndarray,
+             smooth: int = 5) -> np.ndarray | None:
+    """Where in time the model looks: ``|d logit[target] / d x|`` summed over axes, ``(N, T)`` in [0, 1].
+
+    Gradients of the target class's logit with respect to each raw input sample (through the
+    normalisation), summed over the axes, smoothed by a ``smooth``-sample moving average and
+    scaled to a maximum of 1 per window. ``None`` for a model without gradients (the forest).
+    """
+    was_training = model.training
+    model = model.cpu().eval()
+    try:
+        x = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).requires_grad_(True)
+        with torch.enable_grad():
+            out = model(normalise(x, norm))
+            if not out.requires_grad:
+                return None
+            out.gather(1, torch.as_tensor(target, dtype=torch.long)[:, None]).sum().backward()
+    finally:
+        model.train(was_training)
+    g = x.grad.abs().sum(dim=2).numpy()  # (N, T)
+    if smooth > 1:
+        kernel = np.ones(smooth) / smooth
+        g = np.stack([np.convolve(row, kernel, mode="same") for row in g])
+    return g / np.maximum(g.max(axis=1, keepdims=True), 1e-12)

@@ -9,19 +9,20 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless, and no backend probing on import
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+from matplotlib.ticker import MaxNLocator
 
-from har_vit.core.io import write_bytes  # noqa: E402
+from har_vit.core.io import write_bytes
 
 DPI = 110
 
@@ -121,19 +122,90 @@ def class_distribution(windows_per_class: Mapping[str, int], path: str | os.Path
     return save_png(fig, path)
 
 
-def trend(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
-    """Accuracy and macro F1 over runs in time order; runs on a leaky split are ringed in red."""
+def trend(runs: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+          group_of: Any = lambda r: "all runs") -> Path:
+    """Test accuracy and macro F1 over runs in training order, one line per group (dataset and class set).
+
+    Runs of different groups are not comparable, so each group gets its own line and colour;
+    the x axis is the training order of all runs. Runs on a leaky split are ringed in red.
+    """
     x = np.arange(len(runs))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * len(runs) + 3.0), 4.0))
-    for key, label in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
-        ax.plot(x, [np.nan if r.get(key) is None else r[key] for r in runs], marker="o", label=label)
-    leaky = [i for i, r in enumerate(runs) if r.get("leaky")]
-    if leaky:
-        ax.scatter(x[leaky], [runs[i]["accuracy"] for i in leaky], s=160, facecolors="none", edgecolors="red",
-                   linewidths=1.5, label="leaky split (users shared)", zorder=3)
-    ax.set_xticks(x, [str(r["run_id"]) for r in runs], rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel("test score")
-    ax.set_title("test accuracy and macro F1 over runs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(runs):
+        groups.setdefault(str(group_of(r)), []).append(i)
+    colours = sns.color_palette("deep", max(1, len(groups)))
+    fig, axes = plt.subplots(1, 2, figsize=(max(10.0, 0.5 * len(runs) + 6.0), 4.2), layout="constrained",
+                             sharey=True)
+    for ax, (key, title) in zip(axes, (("accuracy", "test accuracy"), ("macro_f1", "test macro F1"))):
+        for colour, (name, idx) in zip(colours, groups.items()):
+            ax.plot(x[idx], [np.nan if runs[i].get(key) is None else runs[i][key] for i in idx], marker="o",
+                    color=colour, label=name)
+        leaky = [i for i, r in enumerate(runs) if r.get("leaky") and r.get(key) is not None]
+        if leaky:
+            ax.scatter(x[leaky], [runs[i][key] for i in leaky], s=160, facecolors="none", edgecolors="red",
+                       linewidths=1.5, label="leaky split (users shared)", zorder=3)
+        ax.set_xticks(x, [str(r["run_id"]) for r in runs], rotation=45, ha="right", fontsize=7)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test score")
+    axes[1].legend(fontsize=8, loc="best")
+    return save_png(fig, path)
+
+
+def per_user(per_user: Mapping[str, Mapping[str, Any]], class_names: Sequence[str],
+             path: str | os.PathLike) -> Path:
+    """Heatmap of test users (rows, weakest first) x (all windows, then each class): accuracy / recall.
+
+    A blank cell: that user has no test windows of that class.
+    """
+    users = sorted(per_user, key=lambda u: (per_user[u]["accuracy"], u))
+    cols = ["all"] + list(class_names)
+    grid = np.array([[per_user[u]["accuracy"]] + [np.nan if per_user[u]["recall"].get(c) is None
+                                                   else per_user[u]["recall"][c] for c in class_names]
+                     for u in users], dtype=float)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.62 * len(cols) + 2.5), max(2.5, 0.42 * len(users) + 1.6)))
+    sns.heatmap(grid, ax=ax, annot=len(cols) <= 24, fmt=".2f", cmap="RdYlGn", vmin=0.0, vmax=1.0,
+                xticklabels=cols, yticklabels=[f"user {u} ({per_user[u]['windows']})" for u in users],
+                annot_kws={"fontsize": 8 if len(cols) <= 8 else 6}, cbar_kws={"shrink": 0.7}, linewidths=0.5)
+    ax.axvline(1, color="black", linewidth=2)
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right", rotation_mode="anchor")
+    plt.setp(ax.get_yticklabels(), rotation=0)
+    ax.set_xlabel("")
+    ax.set_ylabel("test user (windows)")
+    ax.set_title("accuracy per test user (all), and recall of each activity (blank: not performed)")
+    return save_png(fig, path)
+
+
+def saliency_grid(examples: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Each example's three axes over time with the model's saliency as a strip beneath.
+
+    ``examples``: dicts with ``x`` (T, C) raw signal, ``saliency`` (T,) in [0, 1], ``title``
+    and ``correct``; laid out two per row (a correct window, then a mistake, per class).
+    """
+    cols = 2
+    rows = (len(examples) + cols - 1) // cols
+    fig = plt.figure(figsize=(12.0, 2.3 * rows + 0.4), layout="constrained")
+    grid = fig.add_gridspec(rows * 2, cols, height_ratios=[4, 1] * rows)
+    axis_names = ("x", "y", "z")
+    for i, ex in enumerate(examples):
+        r, c = divmod(i, cols)
+        ax = fig.add_subplot(grid[2 * r, c])
+        strip = fig.add_subplot(grid[2 * r + 1, c], sharex=ax)
+        x = np.asarray(ex["x"])
+        t = np.arange(x.shape[0])
+        for k in range(x.shape[1]):
+            ax.plot(t, x[:, k], linewidth=1, label=axis_names[k] if k < 3 else f"ch{k}")
+        ax.set_title(ex["title"], fontsize=9, color="#1a7f37" if ex["correct"] else "#cf222e", loc="left")
+        ax.tick_params(labelbottom=False, labelsize=7)
+        ax.margins(x=0)
+        if i == 0:
+            ax.legend(fontsize=7, ncol=3, loc="upper right")
+        strip.imshow(np.asarray(ex["saliency"])[None, :], aspect="auto", cmap="magma", vmin=0, vmax=1,
+                     extent=(-0.5, x.shape[0] - 0.5, 0, 1))
+        strip.set_yticks([])
+        strip.tick_params(labelsize=7)
+        if r == rows - 1:
+            strip.set_xlabel("sample (20 Hz)", fontsize=8)
+    fig.suptitle("What the model looks at: raw axes, and beneath them the gradient saliency of the predicted "
+                 "class (bright = the samples that moved its score most)", fontsize=10)
     return save_png(fig, path)

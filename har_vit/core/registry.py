@@ -27,8 +27,9 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -44,6 +45,7 @@ from har_vit.core.io import (
     write_json,
     write_manifest,
 )
+from har_vit.core.runs import find_model_dir
 from har_vit.core.workspace import Workspace
 
 PRODUCTION = "production.json"  # legacy single pointer; pointers are production-<scope>.json
@@ -222,8 +224,9 @@ class Registry:
         write_json(self.root / f"production-{scope}.json", body)
         return body
 
-    def resolve(self, spec: str | os.PathLike) -> Path:
-        """``production`` (or ``production-<scope>``), a stored run id, or a run folder -> the run folder."""
+    def resolve(self, spec: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
+        """``production`` (or ``production-<scope>``), a stored run id, or a run folder (or any folder
+        inside one) -> the trained model's folder. ``runs_dir`` is where to look for runs to suggest."""
         spec = str(spec)
         if spec == "production" or (spec.startswith("production-") and spec[len("production-"):] in self.pointers()):
             prod = self.production(None if spec == "production" else spec[len("production-"):])
@@ -233,10 +236,11 @@ class Registry:
             return self.run_dir(prod["run_id"])
         if _RUN_ID.fullmatch(spec) and self.run_dir(spec).is_dir():
             return self.run_dir(spec)
-        p = Path(spec)
-        if (p / MANIFEST).is_file() or (p / "best.pt").is_file():
-            return p
-        raise UsageError(f"--run {spec}: neither 'production', a run id in {self.root / RUNS}, nor a run folder")
+        if Path(spec).exists():
+            return find_model_dir(spec, runs_dir)
+        stored = ", ".join(self.runs()[-3:]) or "none yet"
+        raise UsageError(f"--run {spec}: neither 'production', a run id in {self.root / RUNS} (stored: {stored}), "
+                         "nor a folder; pass the run folder that 'pipeline.py run' printed (runs/<run id>)")
 
     # -- history ----------------------------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:

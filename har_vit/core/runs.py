@@ -5,19 +5,70 @@
 """
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
 from har_vit.core import schema
 from har_vit.core.checkpoint import load_model
-from har_vit.core.errors import ArtefactError
+from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import MANIFEST, read_manifest, verify_outputs
 
 FALLBACK_GAP_S = schema.OPTIONS["gap_s"].default  # what every run used unless told otherwise
 TS_PER_S = schema.OPTIONS["ts_per_s"].default
+
+
+MODEL_DIR = "model"  # the train stage's folder inside a run folder made by ``pipeline.py run``
+_CLIMB = 3  # how far above the given folder a run folder is looked for (model/eval/plots -> run)
+
+
+def is_model_dir(folder: Path) -> bool:
+    """A train stage's folder: its manifest says stage ``train``, or it holds ``best.pt`` (an unfinished run)."""
+    try:
+        return json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("stage") == "train"
+    except (OSError, ValueError, AttributeError):
+        return (folder / "best.pt").is_file()
+
+
+def find_model_dir(path: str | os.PathLike, runs_dir: str | os.PathLike | None = None) -> Path:
+    """The trained model's folder for a run folder or any folder inside it.
+
+    ``runs/<id>`` (what ``pipeline.py run`` prints), ``runs/<id>/model``, ``runs/<id>/model/eval``,
+    ``runs/<id>/windows`` and a stored registry run all lead to the folder holding the train
+    manifest and ``best.pt``. Anything else is a UsageError that names runs that would work,
+    found in ``runs_dir`` (the workspace's ``runs/``).
+    """
+    given = Path(path)
+    if not given.exists():
+        raise UsageError(f"--run {given}: no such folder; {_runs_hint(runs_dir)}")
+    if not given.is_dir():
+        raise UsageError(f"--run {given}: is a file; pass the run folder that 'pipeline.py run' printed "
+                         f"(runs/<run id>), not a file inside it; {_runs_hint(runs_dir)}")
+    here = given.resolve()
+    for folder in [here, *here.parents][: _CLIMB + 1]:
+        for candidate in (folder, folder / MODEL_DIR):
+            if candidate.is_dir() and is_model_dir(candidate):
+                return candidate if candidate.resolve() != here else given
+    raise UsageError(f"--run {given}: no trained model (train manifest, best.pt) in it or in the folders above it; {_runs_hint(runs_dir)}")
+
+
+def _runs_hint(runs_dir: str | os.PathLike | None) -> str:
+    """Advice that works: the newest runs of the workspace, or how to make one."""
+    from har_vit.core.workspace import Workspace
+
+    runs = Path(runs_dir) if runs_dir is not None else Workspace.at().runs
+    found = sorted((d for d in runs.iterdir() if d.is_dir() and is_model_dir(d / MODEL_DIR)),
+                   key=lambda d: d.stat().st_mtime, reverse=True) if runs.is_dir() else []
+    if not found:
+        return (f"no trained runs in {runs}; train one with 'pipeline.py run' (or pass --workdir where your "
+                "runs are)")
+    names = ", ".join(str(d) for d in found[:3])
+    return f"pass a run folder, e.g. {names}" + (f" ({len(found)} runs in {runs})" if len(found) > 3 else "")
 
 
 @dataclass
@@ -98,7 +149,7 @@ def window_settings(run: RunInfo) -> WindowSettings:
     why = (f"the run's windows folder {wdir} is gone" if wdir is not None
            else "the run names no windows folder")
     step = max(T // 2, 1)
-    note = (f"{why}: windowing with the checkpoint's window {T}, step {step} and gap {FALLBACK_GAP_S} s "
-            "(fallback; the model may have been trained with other step/gap settings)")
+    note = (f"{why}: windowing with the checkpoint's window {T} and gap {FALLBACK_GAP_S} s "
+            "(fallback; the model may have been trained with another gap)")
     run.notes.append(note)
     return WindowSettings(T, step, FALLBACK_GAP_S, TS_PER_S, f"fallback: {why}")

@@ -19,9 +19,10 @@ import difflib
 import math
 import os
 import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 from har_vit.core.errors import UsageError
 
@@ -35,7 +36,7 @@ JOB = ("ingest", "windows", "train", "evaluate", "job")
 COMMANDS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest",), "windows": ("windows",), "train": ("train",), "evaluate": ("evaluate",),
     "report": ("report",), "predict": ("predict",), "export": ("export",),
-    "run": JOB, "retrain": JOB + ("retrain",),
+    "run": JOB, "retrain": JOB + ("retrain",), "doctor": DATA,
 }
 DEVICES = ("auto", "cuda", "cpu")
 WHICH = ("best", "last")
@@ -150,7 +151,8 @@ _DECLARED = [
     _o("progress", bool, True, "Progress bars on stderr.", ("ingest", "train")),
     # --- windows --------------------------------------------------------------------------------
     _o("window", int, 128, "Samples per window.", "windows", min=2),
-    _o("step", int, 64, "Samples between window starts.", "windows", min=1),
+    _o("step", int, 64, "Samples between window starts (predict: for the new logs, whatever step the model's "
+       "training windows had).", ("windows", "predict"), min=1),
     _o("gap_s", float, 1.0, "A step over this many seconds between records ends a bout.", "windows",
        min=0, min_open=True),
     _o("ts_per_s", float, 1e9, "Timestamp units per second (WISDM: nanoseconds).", "windows",
@@ -189,9 +191,10 @@ _DECLARED = [
        multiple=True, min=0),
     _o("fold", int, None, "loso split: index of the held-out user.", "train", min=0, nullable=True),
     _o("device", str, "auto", "Where to compute: auto takes CUDA when present.", ("train", "evaluate", "predict"),
-       choices=DEVICES),
+       commands=("doctor",), choices=DEVICES),
     _o("compile", bool, False, "torch.compile the model.", "train"),
-    _o("threads", int, None, "CPU threads for torch [torch's default].", ("train", "evaluate"), min=1, nullable=True),
+    _o("threads", int, None, "CPU threads for torch [torch's default].", ("train", "evaluate"), commands=("doctor",),
+       min=1, nullable=True),
     _o("eval_batch_size", int, 2048, "Validation forward batch during training (memory only).", "train", min=1),
     _o("jitter", float, 0.05, "Augment: std of Gaussian noise (normalised units); 0 turns it off.", AUG, min=0),
     _o("scale", float, 0.1, "Augment: std of a per-axis gain around 1; 0 off.", AUG, min=0),

@@ -11,16 +11,17 @@ pre-windowed ``.npz`` file. A new log format is a new reader here; the stages on
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
-from har_vit.core.errors import DataError, UsageError
+from har_vit.core.errors import DataError, DownloadError, UsageError
 from har_vit.core.workspace import Workspace
 from har_vit.datasets.parse import Parsed, parse_file
 
 # WISDM v1.1 activities, in the index order of the public pre-windowed copies (alphabetical).
 WISDM_V11_CLASSES = ("Downstairs", "Jogging", "Sitting", "Standing", "Upstairs", "Walking")
+WISDM_ARCHIVE = "WISDM_ar_latest.tar.gz"  # = har_vit.datasets.wisdm.ARCHIVE_NAME, without importing the downloader
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,24 @@ class DatasetOptions:
     progress: bool = True
 
 
+def run_now(missing: str, opts: DatasetOptions) -> str:
+    """'to run now without it: ...': the datasets other than ``missing`` and what each needs."""
+    ways = {
+        "wisdm": f"--dataset wisdm (downloads WISDM v1.1; offline, put {WISDM_ARCHIVE} in {opts.data_dir / 'raw'}/ "
+                 "first)",
+        "wisdm2019": "--dataset wisdm2019 --data-path <the release's wisdm-dataset folder>",
+        "npz": "--dataset npz --data-path <windows.npz with X, y, subject, class_names>",
+    }
+    return "to run now without it: " + " or ".join(w for name, w in ways.items() if name != missing)
+
+
 def _wisdm(opts: DatasetOptions) -> Source:
     from har_vit.datasets.wisdm import resolve_wisdm
 
-    files = resolve_wisdm(opts.data_path, opts.data_dir / "raw", progress=opts.progress)
+    try:
+        files = resolve_wisdm(opts.data_path, opts.data_dir / "raw", progress=opts.progress)
+    except (DataError, DownloadError) as e:  # not found, unreachable, refused: say what runs without it
+        raise type(e)(f"{e}; {run_now('wisdm', opts)}") from None
     return Source("wisdm", WISDM_V11_CLASSES, tuple(files), {c: i for i, c in enumerate(WISDM_V11_CLASSES)})
 
 
@@ -83,7 +98,8 @@ def _wisdm2019(opts: DatasetOptions) -> Source:
     else:
         root, hint = Path(opts.data_path), "pass the wisdm-dataset folder (with activity_key.txt and raw/)"
     if not root.exists():
-        raise DataError(f"{root}: not found; {hint} (the WISDM 2019 release cannot be downloaded automatically)")
+        raise DataError(f"{root}: not found; {hint} (the WISDM 2019 release cannot be downloaded automatically); "
+                        f"{run_now('wisdm2019', opts)}")
     key = next((p for p in (root / "activity_key.txt", root.parent / "activity_key.txt",
                             root.parent.parent.parent / "activity_key.txt") if p.is_file()), None)
     if key is None:
@@ -120,10 +136,12 @@ def _subject_of(path: Path) -> int | None:
 
 def _npz(opts: DatasetOptions) -> Source:
     if opts.data_path is None:
-        raise UsageError("--dataset npz needs --data-path FILE.npz (arrays X [N,T,C], y, subject, class_names)")
+        raise UsageError("--dataset npz needs --data-path FILE.npz (arrays X [N,T,C], y, subject, class_names); "
+                         f"{run_now('npz', opts)}")
     p = Path(opts.data_path)
     if not p.is_file():
-        raise DataError(f"{p}: file not found; pass an .npz with arrays X, y, subject, class_names")
+        raise DataError(f"{p}: file not found; pass an .npz with arrays X, y, subject, class_names; "
+                        f"{run_now('npz', opts)}")
     return Source("npz", windows_npz=p)
 
 

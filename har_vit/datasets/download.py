@@ -20,8 +20,8 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable, Iterator
 from urllib.response import addinfourl
 
 from tqdm import tqdm

@@ -30,6 +30,16 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
 - ``throughput_windows_per_s``: ``{"cpu": {"batch_256": windows/s, ...}, ...}``
   (batch / median latency).
 - ``measured_with``: torch version, CPU model (/proc/cpuinfo), CUDA device name.
+- ``per_user``: test user id -> ``{windows, accuracy, macro_f1, recall: {class: recall},
+  top_confusion: {true, predicted, windows} | null}``: which people the model fails on,
+  and on which activities (``recall`` lists the classes the user performed).
+- ``chance``: ``{uniform_accuracy, majority_accuracy}``; ``baseline``: the random forest
+  fitted on the same train windows and scored on the same test windows (or null).
+
+``test_predictions.csv`` holds one row per test window: ``window`` (index in
+``windows.npz``), ``user``, ``true``, ``predicted``, ``confidence``. ``plots/saliency.png``
+shows, for a few test windows per class (a confident hit and the most confident
+mistake), the three axes with the gradient saliency of the predicted class beneath.
 
 See :mod:`har_vit.core.efficiency` for how each cost figure is measured.
 """
@@ -37,13 +47,15 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from har_vit.core import efficiency, inference, plots, schema
 from har_vit.core.checkpoint import load_model, normalise
@@ -59,6 +71,7 @@ from har_vit.core.io import (
     write_manifest,
     write_text,
 )
+from har_vit.core.runs import find_model_dir
 from har_vit.core.schema import as_dict
 from har_vit.stages.windows import load_windows
 
@@ -159,6 +172,53 @@ def _class_names(ckpt: Mapping[str, Any], windows: Mapping[str, np.ndarray], ckp
     return theirs
 
 
+def per_user_metrics(users: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray,
+                     class_names: Sequence[str]) -> dict[str, Any]:
+    """Accuracy, macro F1, per-class recall and the most frequent mistake of each test user."""
+    out: dict[str, Any] = {}
+    for u in np.unique(users):
+        m = users == u
+        yt, yp = y_true[m], y_pred[m]
+        recall = {name: float(np.mean(yp[yt == k] == k)) for k, name in enumerate(class_names) if np.any(yt == k)}
+        wrong = yt != yp
+        top = None
+        if wrong.any():
+            (t, p), n = Counter(zip(yt[wrong].tolist(), yp[wrong].tolist())).most_common(1)[0]
+            top = {"true": class_names[t], "predicted": class_names[p], "windows": int(n)}
+        out[str(int(u))] = {"windows": int(m.sum()), "accuracy": float(np.mean(yt == yp)),
+                            "macro_f1": float(f1_score(yt, yp, average="macro", zero_division=0)),
+                            "recall": recall, "top_confusion": top}
+    return out
+
+
+def saliency_examples(model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray, y_true: np.ndarray,
+                      y_pred: np.ndarray, confidence: np.ndarray, class_names: Sequence[str],
+                      max_classes: int = 8) -> list[dict[str, Any]]:
+    """Per class, its most confident correct window and its most confident mistake, with saliency.
+
+    With more than ``max_classes`` classes, the ones with the lowest recall are shown. Empty for
+    a model without gradients (the forest).
+    """
+    recall = {k: float(np.mean(y_pred[y_true == k] == k)) for k in range(len(class_names)) if np.any(y_true == k)}
+    classes = sorted(recall, key=lambda k: (recall[k], k))[:max_classes] if len(recall) > max_classes else sorted(recall)
+    picks = []
+    for k in classes:
+        for correct in (True, False):
+            idx = np.flatnonzero((y_true == k) & ((y_pred == k) == correct))
+            if idx.size:
+                picks.append((int(idx[np.argmax(confidence[idx])]), correct))
+    if not picks:
+        return []
+    rows = np.array([i for i, _ in picks])
+    sal = inference.saliency(model, norm, X[rows], y_pred[rows])
+    if sal is None:
+        return []
+    return [{"x": X[i], "saliency": sal[j], "correct": ok,
+             "title": (f"{class_names[y_true[i]]}: right ({confidence[i]:.2f})" if ok else
+                       f"{class_names[y_true[i]]} taken for {class_names[y_pred[i]]} ({confidence[i]:.2f})")}
+            for j, (i, ok) in enumerate(picks)]
+
+
 def _frame_csv(path: Path, df: pd.DataFrame, index: bool = False) -> Path:
     return write_text(path, df.to_csv(index=index, lineterminator="\n"))
 
@@ -180,14 +240,17 @@ def _write_tables(eval_dir: Path, metrics: dict[str, Any], eff: dict[str, Any]) 
 
 
 def _write_plots(plot_dir: Path, metrics: dict[str, Any], run_dir: Path, train_man: Mapping[str, Any],
-                 windows_man: Mapping[str, Any]) -> list[Path]:
+                 windows_man: Mapping[str, Any], examples: Sequence[Mapping[str, Any]] = ()) -> list[Path]:
     names = metrics["class_names"]
     cm = np.asarray(metrics["confusion"])
     out = [
         plots.confusion_heatmap(cm, names, plot_dir / "confusion_counts.png"),
         plots.confusion_heatmap(normalize_rows(cm), names, plot_dir / "confusion_normalized.png", normalized=True),
         plots.per_class_bars(metrics["per_class_accuracy"], plot_dir / "per_class_accuracy.png"),
+        plots.per_user(metrics["per_user"], names, plot_dir / "per_user.png"),
     ]
+    if examples:
+        out.append(plots.saliency_grid(examples, plot_dir / "saliency.png"))
     history_path = run_dir / "history.json"
     if history_path.is_file():
         history = read_json(history_path)
@@ -232,7 +295,7 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
 
 def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on its test split; write ``run_dir/eval/`` and return metrics.json's dict."""
-    run_dir = Path(run_dir)
+    run_dir = find_model_dir(run_dir)
     train_man = read_manifest(run_dir, "train")
     eval_dir = run_dir / EVAL_DIR
 
@@ -249,7 +312,10 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     model, ckpt = load_model(run_dir, cfg.which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
-    y_pred = inference.labels(model, ckpt["norm"], X_test, device, cfg.predict_batch_size)
+    proba = torch.softmax(inference.logits(model, X_test, device, cfg.predict_batch_size, ckpt["norm"]), 1).cpu().numpy()
+    y_pred = proba.argmax(axis=1).astype(np.int64)
+    confidence = proba[np.arange(y_pred.size), y_pred]
+    users = w["subject"][test].astype(np.int64)
 
     latency_devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() and cfg.device != "cpu" else [])
     eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,
@@ -260,14 +326,21 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),
         "split": train_man.get("split", {}), "n_test": int(test.size),
         **classification_metrics(y_true, y_pred, class_names), **eff,
+        "per_user": per_user_metrics(users, y_true, y_pred, class_names),
         "chance": chance_levels(y_true, len(class_names)),
         "baseline": (baseline_scores(w, run_dir, train_man, ckpt, test, len(class_names))
                      if cfg.baseline == "rf" and ckpt["model_name"] != "rf" else None),
     }
 
+    examples = saliency_examples(model, ckpt["norm"], X_test, y_true, y_pred, confidence, class_names)
+    predictions = pd.DataFrame({"window": test, "user": users, "true": np.asarray(class_names)[y_true],
+                                "predicted": np.asarray(class_names)[y_pred], "confidence": confidence})
+
     with staged_folder(eval_dir) as tmp:  # a failed evaluate leaves the earlier evaluation as it was
         written = _write_tables(tmp, metrics, eff)
-        written += _write_plots(tmp / PLOTS_DIR, metrics, run_dir, train_man, windows_man)
+        written.append(write_text(tmp / "test_predictions.csv",
+                                  predictions.to_csv(index=False, float_format="%.6g", lineterminator="\n")))
+        written += _write_plots(tmp / PLOTS_DIR, metrics, run_dir, train_man, windows_man, examples)
         write_manifest(
             tmp, "evaluate", config=as_dict(cfg),
             inputs={"upstream": str(run_dir.resolve()), "files": [file_entry(ckpt_path), file_entry(split_path),

@@ -309,8 +309,6 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_manifest(out_dir, "export", **summary)
-    print(f"har_vit export: {target} ({cfg.format}); parity max |logit diff| {diff:.3g} <= {cfg.parity_tolerance:g} on "
-          f"{len(X)} windows ({data_desc}; {runtime})")
     return read_manifest(out_dir, "export")
 
 

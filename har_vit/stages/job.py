@@ -48,12 +48,12 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, run_id: 
     run_id = run_id or new_run_id(ing_cfg.dataset, train_cfg.model, train_cfg.split)
     out = Path(values.get("out") or ws.runs / run_id)
     reports_dir = Path(values["reports_dir"])
+    source = resolve(ing_cfg.dataset, ing_cfg.dataset_options())  # first: missing data leaves no run folder
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "config.json", {"run_id": run_id, "ingest": as_dict(ing_cfg), "windows": as_dict(win_cfg),
                                      "train": as_dict(train_cfg), "evaluate": as_dict(eval_cfg),
                                      "out": str(out), "reports_dir": str(reports_dir)})
 
-    source = resolve(ing_cfg.dataset, ing_cfg.dataset_options())
     if source.prewindowed:
         m = windows.import_npz(win_cfg, source.windows_npz, out / "windows")
         echo(f"[1/5] data: {source.windows_npz} is pre-windowed; ingest skipped")

@@ -1,11 +1,12 @@
 """Predict: a trained run + raw WISDM-format logs (labels optional) -> per-window predictions.
 
-The logs are cut exactly as the model's training data was: the window, step and gap
-come from the windows manifest that the run's train manifest names, and each window
-is normalised with the checkpoint's train statistics. Nothing about windowing is
-stored or guessed here; only when that windows folder is gone (a run folder copied
-to another machine, say) do we fall back to the checkpoint's window with half-window
-steps and a 1 s gap, and the summary says so.
+The logs are cut with the model's window and the gap of its training windows (from the
+windows manifest that the run's train manifest names; when that folder is gone, the
+checkpoint's window and a 1 s gap, and the summary says so), and each window is
+normalised with the checkpoint's train statistics. The step between windows is
+``--step`` (default 64, the design's step for raw logs), whatever step the training
+windows had: a model trained on non-overlapping windows (step 128) still answers every
+64 samples. The manifest records the step used and the training step.
 
 Without labels a bout is a run of consecutive records of one source file and one user
 whose timestamps increase with no step over ``gap_s``; windows never cross a bout.
@@ -28,6 +29,7 @@ Outputs, beside ``out_csv`` (``preds.csv`` below), each written atomically, mani
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from collections import Counter
@@ -48,7 +50,7 @@ from har_vit.core.io import (
     write_json,
     write_text,
 )
-from har_vit.core.runs import WindowSettings, load_run, window_settings
+from har_vit.core.runs import WindowSettings, find_model_dir, load_run, window_settings
 from har_vit.core.schema import as_dict
 from har_vit.datasets.parse import Parsed, parse_file
 from har_vit.stages.windows import bout_windows, find_bouts
@@ -165,8 +167,9 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
     if out_csv.is_dir():
         raise UsageError(f"{out_csv}: is a folder; pass the CSV file to write, e.g. {out_csv / 'predictions.csv'}")
     device = resolve_device(cfg.device)  # UsageError for cuda without a GPU, before any work
-    run_info = load_run(model_dir, cfg.which)
-    ws = window_settings(run_info)
+    run_info = load_run(find_model_dir(model_dir), cfg.which)
+    trained = window_settings(run_info)
+    ws = dataclasses.replace(trained, step=int(cfg.step))
     channels = int(run_info.model.cfg.channels)
     if channels != 3:
         raise UsageError(f"{run_info.ckpt_path}: the model takes {channels} channels but WISDM logs carry 3 "
@@ -221,7 +224,7 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         "model_dir": str(Path(model_dir)), "run_id": run_info.run_id, "model": run_info.ckpt["model_name"],
         "checkpoint": file_entry(run_info.ckpt_path), "epoch": run_info.ckpt.get("epoch"),
         "window": ws.window, "step": ws.step, "gap_s": ws.gap_s, "ts_per_s": ws.ts_per_s,
-        "window_settings_from": ws.source,
+        "window_settings_from": ws.source, "training_step": trained.step if trained.source.startswith("windows manifest") else None,
         "inputs": {"upstream": str(Path(model_dir)), "data_path": str(data_path),
                    "files": [file_entry(f) | {"records": p.total, "kept": p.kept, "windows": int(n)}
                              for f, p, n in zip(rec.files, rec.parsed, windows_per_file)],

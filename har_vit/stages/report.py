@@ -17,20 +17,22 @@ import html
 import os
 import re
 import urllib.parse
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 import pandas as pd
 
 from har_vit.core import plots
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import now_iso, read_manifest, write_bytes, write_json, write_text
+from har_vit.core.runs import find_model_dir
+from har_vit.core.summary import is_leaky, verdict
 from har_vit.core.workspace import Workspace
 from har_vit.model import article
 from har_vit.stages.evaluate import EVAL_DIR, PLOTS_DIR, read_json, upstream_folder
 
-LEAKY_PROTOCOLS = ("per-stream", "random")
 DASH = "—"
 PLOT_CAPTIONS = {
     "confusion_counts.png": "Confusion matrix of the test windows (counts; rows true, columns predicted).",
@@ -38,7 +40,12 @@ PLOT_CAPTIONS = {
     "per_class_accuracy.png": "Per-class accuracy on the test split (= recall of the class).",
     "training_curves.png": "Train and validation loss and accuracy per epoch; dashed: the epoch kept as best.pt.",
     "class_distribution.png": "Class distribution of ingested records (when there was an ingest stage) and of windows.",
+    "per_user.png": "Accuracy of each test user (first column), and each user's recall of every activity they "
+                    "performed; weakest users on top.",
+    "saliency.png": "For each class, its most confident correct test window and its most confident mistake: the three "
+                    "axes, and beneath them the gradient saliency of the predicted class over time.",
 }
+SECTION_PLOTS = ("per_user.png", "saliency.png")  # drawn in their own sections, not under Plots
 
 
 # --- a tiny document model, rendered to both Markdown and HTML ---------------------
@@ -82,7 +89,23 @@ class Figure:
     png: bytes = field(repr=False)
 
 
-Block = Union[Heading, Para, Alert, Table, Figure]
+@dataclass(frozen=True)
+class Headline:
+    """The box a reader sees first: what was run and what its scores mean."""
+
+    rows: Sequence[tuple[str, str]]
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Details:
+    """Folded-away content (``<details>``): shown on request, after the results."""
+
+    summary: str
+    blocks: Sequence[Block]
+
+
+Block = Union[Heading, Para, Alert, Table, Figure, Headline, Details]
 
 
 # --- formatting --------------------------------------------------------------------
@@ -105,11 +128,6 @@ def fmt_delta(new: Any, old: Any, digits: int = 4) -> str:
         return DASH
     d = new - old
     return f"{d:+,}" if isinstance(d, int) else f"{d:+.{digits}f}"
-
-
-def is_leaky(split: Mapping[str, Any]) -> bool:
-    """Leaky: the same users are in train and test (``leaky`` flag, or the seed/random protocols)."""
-    return bool(split.get("leaky")) or split.get("protocol") in LEAKY_PROTOCOLS
 
 
 def cpu_latency_b1(metrics: Mapping[str, Any]) -> float | None:
@@ -139,6 +157,11 @@ def render_markdown(blocks: Sequence[Block]) -> str:
             out.append("\n".join(([f"*{b.caption}*", ""] if b.caption else []) + lines))
         elif isinstance(b, Figure):
             out.append(f"![{b.caption}]({PLOTS_DIR}/{b.name})\n\n*{b.caption}*")
+        elif isinstance(b, Headline):
+            out.append("\n".join([f"> **{_md_cell(k)}:** {_md_cell(v)}  " for k, v in b.rows] + [">", f"> {b.sentence}"]))
+        elif isinstance(b, Details):
+            out.append(f"<details><summary>{html.escape(b.summary)}</summary>\n\n" + render_markdown(b.blocks)
+                       + "\n</details>")
     return "\n\n".join(out) + "\n"
 
 
@@ -161,6 +184,13 @@ def _html_block(b: Block) -> str:
         head = "<tr>" + "".join(_html_cell(h, "th") for h in b.header) + "</tr>"
         body = "".join("<tr>" + "".join(_html_cell(c, "td") for c in row) + "</tr>" for row in b.rows)
         return f"{cap}<table><thead>{head}</thead><tbody>{body}</tbody></table>"
+    if isinstance(b, Headline):
+        rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in b.rows)
+        return (f'<section class="headline" id="headline"><dl>{rows}</dl>'
+                f'<p class="verdict">{html.escape(b.sentence)}</p></section>')
+    if isinstance(b, Details):
+        inner = "\n".join(_html_block(x) for x in b.blocks)
+        return f'<details id="configuration"><summary>{html.escape(b.summary)}</summary>{inner}</details>'
     data = base64.b64encode(b.png).decode("ascii")
     return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b.name)}">'
             f"<figcaption>{html.escape(b.caption)}</figcaption></figure>")
@@ -181,6 +211,18 @@ tbody tr:nth-child(even){background:#fafbfc}
 figure{margin:1rem 0 2rem}
 img{max-width:100%;height:auto;border:1px solid #eaeef2}
 figcaption{color:#57606a;font-size:.9rem}
+.headline{background:#f6f8fa;border:1px solid #d0d7de;border-left:6px solid #0969da;border-radius:6px;
+          padding:.8rem 1.2rem;margin:1rem 0 1.5rem}
+.headline dl{display:grid;grid-template-columns:max-content 1fr;gap:.25rem 1.2rem;margin:0}
+.headline dt{font-weight:600;color:#57606a}
+.headline dd{margin:0}
+.verdict{font-size:1.05rem;margin:.8rem 0 0;font-weight:500}
+details{margin:2rem 0;border:1px solid #d0d7de;border-radius:6px;padding:.5rem 1rem}
+summary{cursor:pointer;font-weight:600}
+.scroll{overflow-x:auto}
+@media (max-width:640px){main{padding:1rem .8rem 3rem}h1{font-size:1.3rem}
+  .headline dl{grid-template-columns:1fr}.headline dd{margin-bottom:.4rem}
+  table{display:block;overflow-x:auto;font-size:.85rem}}
 """
 
 # Runs once the page (and every image) has loaded: records what loaded on <body> for
@@ -195,6 +237,13 @@ window.addEventListener("load", function () {
   b.setAttribute("data-images-loaded", String(imgs.length - broken.length));
   b.setAttribute("data-broken-images", names.join(", "));
   b.setAttribute("data-tables", String(document.getElementsByTagName("table").length));
+  // Layout facts for the browser test: no sideways scrolling of the page at this width, and the
+  // order of the sections as a reader meets them.
+  b.setAttribute("data-page-overflows", String(document.documentElement.scrollWidth > window.innerWidth));
+  b.setAttribute("data-viewport-width", String(window.innerWidth));
+  b.setAttribute("data-order", Array.prototype.map.call(
+    document.querySelectorAll("main > h2, main > .headline, main > details"),
+    function (e) { return e.tagName === "H2" ? e.textContent : e.className || e.tagName.toLowerCase(); }).join("|"));
   if (broken.length) {
     var d = document.createElement("div");
     d.className = "warn";
@@ -350,11 +399,86 @@ def model_section(chain: Chain) -> list[Block]:
     if aug:
         strengths = ("jitter", "scale", "rotate", "time_warp", "mixup", "cutmix", "erase")
         rows.append(("augmentation", ", ".join(f"{k} {aug[k]}" for k in strengths if aug.get(k)) or DASH))
-    blocks: list[Block] = [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
-    if cfg:
-        blocks.append(Table(("option", "value"), [(str(k), str(v)) for k, v in cfg.items()],
-                            caption="Training configuration (optimizer, schedule, regularisation) as resolved"))
+    return [Heading("Model and training set-up"), Table(("figure", "value"), rows)]
+
+
+def configuration_details(chain: Chain) -> list[Block]:
+    """Every resolved option of the training and evaluation, folded away at the end."""
+    blocks: list[Block] = []
+    for title, cfg in (("Training configuration (optimizer, schedule, regularisation) as resolved",
+                        chain.train.get("config") or {}),
+                       ("Evaluation configuration", (_optional_manifest(chain.eval_dir, "evaluate", []) or {})
+                        .get("config") or {})):
+        if cfg:
+            blocks.append(Table(("option", "value"), [(str(k), str(v)) for k, v in cfg.items()], caption=title))
+    return [Details(f"Full configuration ({sum(len(b.rows) for b in blocks if isinstance(b, Table))} options)",
+                    blocks)] if blocks else []
+
+
+def _source_file(chain: Chain) -> str:
+    """`` (file.npz)`` for pre-windowed input, so a reader knows which arrays were used."""
+    inputs = (chain.windows or {}).get("inputs")
+    path = inputs.get("path") if isinstance(inputs, Mapping) else None
+    return f" ({Path(str(path)).name})" if path else ""
+
+
+def headline(chain: Chain) -> Headline:
+    """Data, split and its leakiness, model, scores beside the baseline and chance, and what they mean."""
+    m = chain.metrics
+    split = m.get("split") or {}
+    k = len(m.get("class_names") or [])
+    users = split.get("test_users") or []
+    rows = [
+        ("data", f"{dataset_name(chain)}{_source_file(chain)}: {k} classes, {fmt(m.get('n_test'))} test windows"),
+        ("split", f"{split.get('protocol', DASH)}" + (" (LEAKY: the same people in train and test)" if is_leaky(split)
+                                                      else f" ({len(users)} test users never seen in training: "
+                                                           f"{', '.join(map(str, users))})")),
+        ("model", f"{m.get('model')} ({fmt(m.get('params'))} parameters), checkpoint {m.get('checkpoint', DASH)} "
+                  f"(epoch {fmt(m.get('epoch'))})"),
+        ("this model", f"accuracy {fmt(m.get('accuracy'))}, macro F1 {fmt(m.get('macro_f1'))}"),
+    ]
+    base, chance = m.get("baseline"), m.get("chance")
+    if base:
+        rows.append(("baseline", f"accuracy {fmt(base['accuracy'])}, macro F1 {fmt(base['macro_f1'])} (random forest "
+                                 "on window statistics, same split)"))
+    if chance:
+        rows.append(("chance", f"accuracy {fmt(chance['uniform_accuracy'])} (uniform guess), "
+                               f"{fmt(chance['majority_accuracy'])} (always the most frequent class)"))
+    return Headline(rows, verdict(m))
+
+
+def per_user_section(chain: Chain) -> list[Block]:
+    """Which test users the model fails on, and on which activities."""
+    m = chain.metrics
+    per_user = m.get("per_user") or {}
+    blocks: list[Block] = [Heading("Per test user")]
+    if not per_user:
+        return blocks + [Para("Not measured for this run (evaluated before per-user figures existed; re-run evaluate).")]
+    png = chain.eval_dir / PLOTS_DIR / "per_user.png"
+    if png.is_file():
+        blocks.append(Figure(png.name, PLOT_CAPTIONS[png.name], png.read_bytes()))
+    rows = []
+    for user in sorted(per_user, key=lambda u: (per_user[u]["accuracy"], u)):
+        u = per_user[user]
+        weakest = min(u["recall"].items(), key=lambda kv: kv[1], default=None)
+        top = u.get("top_confusion")
+        rows.append((user, fmt(u["windows"]), fmt(u["accuracy"]), fmt(u["macro_f1"]),
+                     DASH if weakest is None else f"{weakest[0]} ({weakest[1]:.2f})",
+                     DASH if not top else f"{top['true']} taken for {top['predicted']} ({top['windows']} windows)"))
+    blocks.append(Table(("test user", "windows", "accuracy", "macro F1", "weakest activity (recall)",
+                         "most frequent mistake"), rows,
+                        caption="Weakest users first. Unseen people are the difficulty of activity recognition: the "
+                                "spread between users is the spread a new user can expect."))
     return blocks
+
+
+def saliency_section(chain: Chain) -> list[Block]:
+    png = chain.eval_dir / PLOTS_DIR / "saliency.png"
+    blocks: list[Block] = [Heading("What the model looks at")]
+    if not png.is_file():
+        return blocks + [Para("No saliency for this model (a random forest has no gradients), or the run was evaluated "
+                              "before saliency existed.")]
+    return blocks + [Figure(png.name, PLOT_CAPTIONS[png.name], png.read_bytes())]
 
 
 def _split_name(metrics: Mapping[str, Any]) -> str:
@@ -398,7 +522,7 @@ def per_class_section(chain: Chain) -> list[Block]:
 
 
 def plot_blocks(eval_dir: Path) -> list[Block]:
-    files = sorted((eval_dir / PLOTS_DIR).glob("*.png"),
+    files = sorted((p for p in (eval_dir / PLOTS_DIR).glob("*.png") if p.name not in SECTION_PLOTS),
                    key=lambda p: (list(PLOT_CAPTIONS).index(p.name) if p.name in PLOT_CAPTIONS else 99, p.name))
     return [Heading("Plots")] + [Figure(p.name, PLOT_CAPTIONS.get(p.name, p.stem.replace("_", " ")), p.read_bytes())
                                  for p in files]
@@ -432,7 +556,23 @@ def _norm(name: str) -> str:
     return name.strip().lower()
 
 
+def comparable_with_article(chain: Chain) -> str | None:
+    """None when the run is comparable with the article (WISDM v1.1's six activities, 3 axes); else why not."""
+    names = {_norm(n) for n in chain.metrics.get("class_names") or []}
+    theirs = {_norm(n) for n in article.PER_CLASS_ACCURACY}
+    if names != theirs:
+        return (f"this run has {len(names)} classes on {dataset_name(chain)}; the article reports WISDM v1.1's six "
+                "activities, so its figures are not comparable")
+    channels = (chain.windows or {}).get("channels")
+    if channels not in (None, 3):
+        return f"this run has {channels} channels; the article uses the 3 accelerometer axes"
+    return None
+
+
 def article_section(chain: Chain) -> list[Block]:
+    why_not = comparable_with_article(chain)
+    if why_not:
+        return [Heading("Against the article"), Para(f"No comparison: {why_not}.")]
     m = chain.metrics
     split = m.get("split") or {}
     lat = cpu_latency_b1(m)
@@ -485,21 +625,19 @@ def build_report(chain: Chain, summary: Mapping[str, Any], previous: Mapping[str
     """The report as blocks, in reading order."""
     m = chain.metrics
     split = m.get("split") or {}
-    blocks: list[Block] = [
-        Heading(f"HAR-ViT report: {summary['run_id']}", 1),
-        Para(f"Model {m.get('model')} on {dataset_name(chain)}; {_split_name(m)}. Accuracy {fmt(m.get('accuracy'))}, "
-             f"macro F1 {fmt(m.get('macro_f1'))}. Trained {chain.train.get('created', DASH)}; "
-             f"report generated {summary['created']} from {chain.run_dir}."),
-    ]
+    blocks: list[Block] = [Heading(f"HAR-ViT report: {summary['run_id']}", 1), headline(chain)]
     if is_leaky(split):
         blocks.append(Alert(f"leaky split '{split.get('protocol')}': the same users are in train and test, so these "
                             "scores are flattered (see Windows and split protocol)."))
     blocks += [Para("Not available: " + n) for n in chain.notes]
-    for part in (data_section(chain), split_section(chain), model_section(chain), results_section(chain),
-                 per_class_section(chain), plot_blocks(chain.eval_dir), efficiency_section(chain),
-                 article_section(chain), change_section(summary, previous)):
+    # Results and plots first; how the data was cut and the model trained after; the full configuration folded away.
+    for part in (results_section(chain), per_user_section(chain), per_class_section(chain), plot_blocks(chain.eval_dir),
+                 saliency_section(chain), data_section(chain), split_section(chain), model_section(chain),
+                 efficiency_section(chain), article_section(chain), change_section(summary, previous)):
         blocks += part
-    return blocks
+    blocks.append(Para(f"Trained {chain.train.get('created', DASH)}; report generated {summary['created']} from "
+                       f"{chain.run_dir}."))
+    return blocks + configuration_details(chain)
 
 
 # --- summaries and the index -------------------------------------------------------
@@ -539,23 +677,36 @@ def previous_run(summaries: Sequence[Mapping[str, Any]], summary: Mapping[str, A
     return max(earlier, key=_order, default=None)
 
 
+def group_of(summary: Mapping[str, Any]) -> str:
+    """The group a run is compared within: its dataset and class set."""
+    names = summary.get("class_names") or []
+    return f"{summary.get('dataset') or DASH}, {len(names)} classes"
+
+
 def write_index(reports_dir: Path) -> Path:
-    """Rebuild ``reports_dir/index.html`` (newest run first) with the trend plot embedded."""
+    """Rebuild ``reports_dir/index.html``: one trend line and one table (newest first) per dataset and class set."""
     runs = load_summaries(reports_dir)
-    trend_png = plots.trend(runs, reports_dir / "trend.png").read_bytes()
-    rows = [(Link(s["run_id"], urllib.parse.quote(s["run_id"]) + "/" + s.get("report", "report.html")),
-             str(s.get("run_created") or DASH), str(s.get("dataset") or DASH), str(s.get("model") or DASH),
-             f"{s.get('split') or DASH}{' (leaky)' if s.get('leaky') else ''}", fmt(s.get("accuracy")),
-             fmt(s.get("macro_f1")), fmt(s.get("params")), fmt(s.get("latency_ms"), 3)) for s in reversed(runs)]
+    trend_png = plots.trend(runs, reports_dir / "trend.png", group_of).read_bytes()
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for s in reversed(runs):
+        groups.setdefault(group_of(s), []).append(s)
     blocks: list[Block] = [
         Heading("HAR-ViT runs", 1),
-        Para(f"{len(runs)} run(s), newest first. Scores are on each run's test split; a run marked leaky shares "
-             "users between train and test, so its scores are not comparable with subject-split runs. "
-             f"Updated {now_iso()}."),
-        Figure("trend.png", "Test accuracy and macro F1 over runs in training order (leaky runs ringed).", trend_png),
-        Table(("run", "trained", "dataset", "model", "split", "accuracy", "macro F1", "params",
-               "latency (ms, CPU b1 median)"), rows),
+        Para(f"{len(runs)} run(s) in {len(groups)} group(s) of dataset and class set, newest first. Scores are on each "
+             "run's test split and compare only within a group; a run marked leaky shares users between train and "
+             f"test, so its scores are not comparable with subject-split runs either. Updated {now_iso()}."),
+        Figure("trend.png", "Test accuracy and macro F1 over runs in training order, one line per dataset and class set "
+                            "(leaky runs ringed).", trend_png),
     ]
+    for name, members in groups.items():
+        classes = ", ".join(map(str, members[0].get("class_names") or [])) or DASH
+        rows = [(Link(s["run_id"], urllib.parse.quote(s["run_id"]) + "/" + s.get("report", "report.html")),
+                 str(s.get("run_created") or DASH), str(s.get("model") or DASH),
+                 f"{s.get('split') or DASH}{' (leaky)' if s.get('leaky') else ''}", fmt(s.get("accuracy")),
+                 fmt(s.get("macro_f1")), fmt(s.get("params")), fmt(s.get("latency_ms"), 3)) for s in members]
+        blocks += [Heading(f"{name} ({len(members)} run(s))"),
+                   Table(("run", "trained", "model", "split", "accuracy", "macro F1", "params",
+                          "latency (ms, CPU b1 median)"), rows, caption=f"Classes: {classes}")]
     return write_text(reports_dir / "index.html", render_html(blocks, "HAR-ViT runs"))
 
 
@@ -568,6 +719,7 @@ def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike | None = None
 
     ``reports_dir`` defaults to the workspace's ``reports/`` (:class:`har_vit.core.workspace.Workspace`).
     """
+    run_dir = find_model_dir(run_dir)
     chain = load_chain(run_dir)
     run_id = str(run_id or chain.train.get("run_id") or Path(run_dir).resolve().name)
     if not _RUN_ID.match(run_id):
