@@ -346,8 +346,18 @@ def sweep(config: str) -> None:
     from har_vit.core.schema import read_yaml
     from har_vit.stages import sweep as stage
 
+    from har_vit.core.summary import command_summary
+
     result = stage.run(stage.SweepSpec.from_mapping(read_yaml(config)), echo=lambda s: click.echo(s, err=True))
-    click.echo(f"sweep: chose {result['chosen']} ({result['chosen_by']}) -> {read_yaml(config)['out']}/table.md")
+    best = next(r for r in result["rows"] if r["name"] == result["chosen"])
+    out = Path(read_yaml(config)["out"])
+    say(command_summary(
+        f"sweep of {len(result['rows'])} settings x {len(result['seeds'])} seeds ({result['split']} split, "
+        f"{result['seconds']:.0f} s): chose {result['chosen']} by {result['chosen_by']}",
+        extra=(f"chosen: val macro F1 {best['val_macro_f1_mean']:.4f} ± {best['val_macro_f1_std']:.4f}, test accuracy "
+               f"{best['test_accuracy_mean']:.4f} ± {best['test_accuracy_std']:.4f}, test macro F1 "
+               f"{best['test_macro_f1_mean']:.4f} ± {best['test_macro_f1_std']:.4f}",
+               f"table: {out / 'table.md'} (all settings; sweep.json, table.csv beside it)")))
 
 
 @cli.command(context_settings=HELP)

@@ -135,3 +135,15 @@ def test_stage_by_stage_each_summary_names_the_next_command_and_it_works(tmp_pat
     out = follow(field(out, "next"), cwd, "--workdir", tmp_path)
     assert Path(field(out, "report")).is_relative_to(tmp_path / "reports")
     assert list(cwd.iterdir()) == []
+
+
+def test_retrain_ends_with_the_candidates_scores_and_where_it_went(first_run):
+    cwd, ws = first_run["cwd"], first_run["ws"]
+    npz = ws.parent / "win.npz"
+    out, _ = cli("retrain", "--workdir", ws, "--dataset", "npz", "--data-path", npz, *QUICK, *EVAL, cwd=cwd)
+    assert re.match(r"summary: retrain (promoted|kept|skipped): ", out), out
+    if not out.startswith("summary: retrain skipped"):
+        run_dir = Path(field(out, "run"))
+        assert run_dir.parent == ws / "runs"
+        check_scores(out, json.loads((run_dir / "model" / "eval" / "metrics.json").read_text()))
+        assert Path(field(out, "report")).is_file() and field(out, "open").startswith("file:///")
