@@ -302,7 +302,7 @@ def predict(**kw: Any) -> None:
     say(command_summary(
         f"predict: {m['windows_total']:,} windows of {m['window']} samples, step {m['step']}{trained}, from "
         f"{m['records_kept']:,} of {m['records_total']:,} records ({q:,} quarantined) with {m['model']} "
-        f"(run {m['run_id']})",
+        f"(run {m['run_id']}) on {m['runtime']}",
         run_dir=run_folder(model_dir),
         extra=("most predicted: " + ", ".join(f"{k} {n:,}" for k, n in top),
                f"written: {v['out']} (one row per window), {stage.sidecar(v['out'], 'quarantine.csv')}")))

@@ -314,6 +314,17 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     eff = pd.read_csv(run_dir / "eval" / "efficiency.csv")
     row = eff[eff["metric"] == "latency_cpu_batch_1_p90"].iloc[0]
     assert row["unit"] == "ms" and "100 timed runs" in row["how"] and "threads" in row["how"]
+    assert "eager PyTorch" in row["how"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        assert "not installed" in m["measured_with"]["fast_runtime"] and "cpu_onnxruntime" not in m["latency_ms"]
+        return
+    fast = m["latency_ms"]["cpu_onnxruntime"]  # beside eager, same batches, repeats and threads
+    assert fast["runtime"].startswith("onnxruntime ") and fast["parity"] <= 1e-4 and fast["threads"] == 1
+    assert fast["repeats"] == 100 and all(0 < fast[k]["median"] <= fast[k]["p90"] for k in ("batch_1", "batch_4"))
+    row = eff[eff["metric"] == "latency_cpu_onnxruntime_batch_1_median"].iloc[0]
+    assert "logits within" in row["how"] and "onnxruntime" in row["how"]
 
 
 def test_efficiency_counts_match_the_model_and_the_article():

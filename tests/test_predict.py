@@ -290,3 +290,16 @@ def test_windows_folder_rebuilt_with_another_window_is_refused(tmp_path):
     make_unlabelled_log(log)
     with pytest.raises(ArtefactError, match=f"window {2 * T} but the model .* takes {T}"):
         run(CPU, run_dir, log, tmp_path / "p.csv")
+
+
+def test_onnxruntime_answers_like_eager_pytorch_and_says_which_ran(run_dir, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
+    log = tmp_path / "phone.txt"
+    make_unlabelled_log(log)
+    fast = run(PredictConfig(device="cpu", step=8, runtime="onnxruntime"), run_dir, log, tmp_path / "fast.csv")
+    slow = run(PredictConfig(device="cpu", step=8, runtime="eager"), run_dir, log, tmp_path / "slow.csv")
+    assert fast["runtime"].startswith("onnxruntime ") and fast["runtime_parity"] <= 1e-4
+    assert slow["runtime"] == "eager PyTorch" and slow["runtime_parity"] is None
+    a, b = pd.read_csv(tmp_path / "fast.csv"), pd.read_csv(tmp_path / "slow.csv")
+    assert (a["predicted"] == b["predicted"]).all()
+    np.testing.assert_allclose(a.filter(like="p_"), b.filter(like="p_"), atol=1e-4)

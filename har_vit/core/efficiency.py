@@ -174,6 +174,28 @@ def measure(model: nn.Module, window: int, channels: int, *, devices: Sequence[s
     return out
 
 
+def time_runtime(run: Any, window: int, channels: int, batch_sizes: Sequence[int], repeats: int,
+                 warmup: int) -> tuple[dict[str, Any], dict[str, float]]:
+    """Latency stats and throughput of a NumPy runtime (:mod:`har_vit.core.runtime`) on random windows."""
+    rng = np.random.default_rng(0)
+    latency: dict[str, Any] = {}
+    throughput: dict[str, float] = {}
+    for batch in batch_sizes:
+        x = rng.standard_normal((batch, window, channels)).astype(np.float32)
+        for _ in range(warmup):
+            run(x)
+        ms = np.empty(repeats)
+        for i in range(repeats):
+            t0 = time.perf_counter()
+            run(x)
+            ms[i] = (time.perf_counter() - t0) * 1e3
+        median = float(np.median(ms))
+        latency[f"batch_{batch}"] = {"median": median, "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean())}
+        throughput[f"batch_{batch}"] = batch / (median / 1e3)
+    latency.update(device_name=cpu_model_name(), repeats=repeats, warmup=warmup)
+    return latency, throughput
+
+
 def efficiency_rows(eff: dict[str, Any]) -> list[dict[str, Any]]:
     """One ``{metric, value, unit, how}`` row per figure of :func:`measure`, for CSV and reports."""
     rows = [
@@ -186,10 +208,15 @@ def efficiency_rows(eff: dict[str, Any]) -> list[dict[str, Any]]:
     ]
     torch_v = eff["measured_with"]["torch"]
     for dev, lat in eff["latency_ms"].items():
-        setting = f"{dev.upper()} {lat['device_name']}"
+        setting = f"{dev.split('_')[0].upper()} {lat['device_name']}"
         if "threads" in lat:
             setting += f", {lat['threads']} threads"
-        setting += f", torch {torch_v}, {lat['repeats']} timed runs after {lat['warmup']} warm-up, inference_mode"
+        if lat.get("runtime"):  # a runtime other than eager PyTorch, held to its logits
+            setting += (f", {lat['runtime']}, normalisation inside, logits within {lat['parity']:.1e} of eager "
+                        f"PyTorch, {lat['repeats']} timed runs after {lat['warmup']} warm-up")
+        else:
+            setting += f", eager PyTorch {torch_v}, {lat['repeats']} timed runs after {lat['warmup']} warm-up, " \
+                       "inference_mode"
         if dev == "cuda":
             setting += ", cuda.synchronize around each call"
         for key, stats in lat.items():

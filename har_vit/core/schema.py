@@ -216,6 +216,8 @@ _DECLARED = [
        "(the head is replaced).", "train", nullable=True),
     _o("freeze_epochs", int, 0, "With --init: keep the copied layers frozen this many epochs.", "train", min=0),
     # --- evaluation -----------------------------------------------------------------------------
+    _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed and its logits equal "
+       "PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
        choices=WHICH),
     _o("predict_batch_size", int, 512, "Windows per forward pass when predicting (memory only, not results).",

@@ -25,8 +25,10 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
   FLOP), ``flops_note`` (how, and which ops fvcore skipped), ``flops_unsupported``,
   ``weights_mb`` (state_dict bytes / 10^6).
 - ``latency_ms``: ``{"cpu": {"batch_1": {"median", "p90", "mean"}, "batch_256": {...},
-  "threads": n, "device_name", "repeats", "warmup"}, "cuda": {...}}``; ``cuda`` only
-  when a GPU is present and the device is not ``cpu``; ``{}`` with ``skip_latency``.
+  "threads": n, "device_name", "repeats", "warmup"}, "cuda": {...}, "cpu_onnxruntime": {...,
+  "runtime", "parity"}}``; ``cuda`` only when a GPU is present and the device is not ``cpu``;
+  ``cpu_onnxruntime`` when onnxruntime is installed and its logits equal eager PyTorch's
+  (:mod:`har_vit.core.runtime`); ``{}`` with ``skip_latency``.
 - ``throughput_windows_per_s``: ``{"cpu": {"batch_256": windows/s, ...}, ...}``
   (batch / median latency).
 - ``measured_with``: torch version, CPU model (/proc/cpuinfo), CUDA device name.
@@ -293,6 +295,28 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
             "fit_seconds": round(fit_s, 1), "seed": seed}
 
 
+def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray,
+                       cfg: EvalConfig) -> None:
+    """Add ``cpu_onnxruntime`` latency beside eager PyTorch's when onnxruntime runs the model with equal logits."""
+    from har_vit.core.runtime import fast_runtime
+
+    saved = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        rt = fast_runtime(model.cpu(), norm, "auto", check=X[:64])
+        if rt.parity is None:  # eager: nothing faster present, said in the note
+            eff["measured_with"]["fast_runtime"] = rt.note
+            return
+        lat, thr = efficiency.time_runtime(rt, X.shape[1], X.shape[2], cfg.latency_batch_sizes, cfg.latency_repeats,
+                                           cfg.latency_warmup)
+    finally:
+        torch.set_num_threads(saved)
+    lat.update(threads=cfg.threads or saved, runtime=rt.name, parity=rt.parity)
+    eff["latency_ms"]["cpu_onnxruntime"] = lat
+    eff["throughput_windows_per_s"]["cpu_onnxruntime"] = thr
+
+
 def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     """Evaluate the run in ``run_dir`` on its test split; write ``run_dir/eval/`` and return metrics.json's dict."""
     run_dir = find_model_dir(run_dir)
@@ -321,6 +345,8 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     eff = efficiency.measure(model.cpu(), window=X_test.shape[1], channels=X_test.shape[2], devices=latency_devices,
                              batch_sizes=cfg.latency_batch_sizes, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup,
                              threads=cfg.threads, latency=not cfg.skip_latency)
+    if not cfg.skip_latency:
+        _time_fast_runtime(eff, model, ckpt["norm"], X_test, cfg)
     metrics = {
         "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,
         "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),

@@ -51,6 +51,7 @@ from har_vit.core.io import (
     write_text,
 )
 from har_vit.core.runs import WindowSettings, find_model_dir, load_run, window_settings
+from har_vit.core.runtime import CHECK_WINDOWS, fast_runtime
 from har_vit.core.schema import as_dict
 from har_vit.datasets.parse import Parsed, parse_file
 from har_vit.stages.windows import bout_windows, find_bouts
@@ -181,10 +182,13 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
     if first.size == 0:
         raise _too_short(rec, lengths, starts, ws)
 
+    windows = inference.Strided(rec.xyz, first, ws.window)
+    rt = fast_runtime(run_info.model, run_info.ckpt["norm"], cfg.runtime, device, check=windows[:CHECK_WINDOWS])
     t_inf = time.perf_counter()
-    proba = inference.probabilities(run_info.model, run_info.ckpt["norm"], inference.Strided(rec.xyz, first, ws.window),
-                                    device, cfg.predict_batch_size)
+    logits = np.concatenate([rt(windows[i:i + cfg.predict_batch_size])
+                             for i in range(0, len(windows), cfg.predict_batch_size)])
     inf_seconds = time.perf_counter() - t_inf
+    proba = _softmax(logits)
     names = run_info.class_names
     pred = proba.argmax(axis=1)
 
@@ -239,12 +243,19 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         "per_user": {str(int(u)): int(c) for u, c in zip(users, per_user)},
         "class_names": names,
         "device": device.type, "device_name": device_label(device),
+        "runtime": rt.name, "runtime_parity": rt.parity, "runtime_note": rt.note,
         "windows_per_s": round(first.shape[0] / inf_seconds, 1) if inf_seconds > 0 else None,
-        "warnings": list(run_info.notes) + [f"skipped {s['path']}: {s['reason']}" for s in rec.skipped],
+        "warnings": list(run_info.notes) + [f"skipped {s['path']}: {s['reason']}" for s in rec.skipped]
+        + ([rt.note] if rt.note and "differs" in rt.note else []),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(manifest_path, summary)
     return summary
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (z / z.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def _covered(first: np.ndarray, window: int, n: int) -> np.ndarray:

@@ -534,10 +534,34 @@ def efficiency_section(chain: Chain) -> list[Block]:
         raise ArtefactError(f"{path}: missing; re-run the evaluate stage")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     rows = [(r.metric, _number_text(r.value), r.unit, r.how) for r in df.itertuples()]
-    blocks: list[Block] = [Heading("Efficiency"), Table(("figure", "value", "unit", "how it was measured"), rows)]
-    if not chain.metrics.get("latency_ms"):
+    blocks: list[Block] = [Heading("Efficiency")]
+    lat = chain.metrics.get("latency_ms") or {}
+    if lat:
+        blocks.append(runtime_table(lat))
+    blocks.append(Table(("figure", "value", "unit", "how it was measured"), rows))
+    if not lat:
         blocks.append(Para("Latency was not measured for this run (evaluate ran with skip_latency)."))
     return blocks
+
+
+def runtime_table(lat: Mapping[str, Any]) -> Table:
+    """Median latency per runtime side by side, with the speed-up over eager PyTorch on the same device."""
+    names = {"cpu": "eager PyTorch, CPU", "cuda": "eager PyTorch, CUDA"}
+    batches = sorted({k for d in lat.values() for k in d if k.startswith("batch_")}, key=lambda k: int(k[6:]))
+    rows = []
+    for dev, d in lat.items():
+        name = d.get("runtime") or names.get(dev, dev)
+        base = lat.get(dev.split("_")[0], {})
+        cells = [name, str(d.get("threads", DASH))]
+        for b in batches:
+            ms = (d.get(b) or {}).get("median")
+            ref = (base.get(b) or {}).get("median")
+            speed = f" ({ref / ms:.1f}x)" if ms and ref and d is not base else ""
+            cells.append(DASH if ms is None else f"{ms:.3f}{speed}")
+        rows.append(tuple(cells))
+    return Table(("runtime", "threads", *(f"ms per call, batch {b[6:]} (median)" for b in batches)), rows,
+                 caption="Each runtime beside eager PyTorch on the same device (speed-up in brackets). A runtime other "
+                         "than PyTorch is used only when its logits match PyTorch's (see the rows below).")
 
 
 def _number_text(text: str) -> str:

@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Inference latency of each runtime side by side, in one run: eager PyTorch, frozen TorchScript,
+onnxruntime (as ``predict`` and ``evaluate`` use it), and a CUDA graph when a GPU is present.
+
+For each model and batch size every runtime gets the same random windows, ``--warmup``
+untimed calls and ``--repeats`` timed ones (median and p90 of per-call wall time; CUDA
+calls synchronised). Runtimes other than eager are first held to eager's logits (relative
+difference, as in ``har_vit.core.runtime``). Writes ``bench/results/latency_<device>.json``
+with the machine, versions, threads, batch sizes and repeats.
+
+    python bench/bench_latency.py                                  # tiny and seed, batch 1 and 256, torch's threads
+    python bench/bench_latency.py --threads 1 --models tiny --out bench/results/latency_cpu_threads1.json
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, machine  # noqa: E402
+
+from har_vit.core.io import write_json  # noqa: E402
+from har_vit.core.runtime import eager, onnxruntime_session, relative_diff  # noqa: E402
+from har_vit.model import create_model  # noqa: E402
+from har_vit.stages.export import INPUT_NAME, RawInputModel  # noqa: E402
+
+TARGETS_MS = {("cpu", "tiny"): 0.25, ("cpu", "seed"): 1.0, ("cuda", "tiny"): 0.15, ("cuda", "seed"): 0.15}
+NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def torchscript(model: torch.nn.Module, window: int, channels: int) -> Callable[[np.ndarray], np.ndarray]:
+    traced = torch.jit.freeze(torch.jit.trace(RawInputModel(model, NORM).eval(), torch.zeros(1, window, channels),
+                                              check_trace=False))
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return traced(torch.from_numpy(x)).numpy()
+    return run
+
+
+def cuda_graph(model: torch.nn.Module, batch: int, window: int, channels: int) -> Callable[[np.ndarray], Any]:
+    """One forward pass captured as a CUDA graph for a static batch; the call copies in and replays."""
+    dev = torch.device("cuda")
+    m = RawInputModel(model, NORM).to(dev).eval()
+    static = torch.zeros(batch, window, channels, device=dev)
+    with torch.inference_mode():
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                m(static)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = m(static)
+
+    def run(x: Any) -> Any:
+        static.copy_(x if isinstance(x, torch.Tensor) else torch.from_numpy(x).to(dev), non_blocking=True)
+        graph.replay()
+        return out
+    return run
+
+
+def time_calls(run: Callable[[Any], Any], x: Any, repeats: int, warmup: int, cuda: bool) -> dict[str, float]:
+    for _ in range(warmup):
+        run(x)
+    ms = np.empty(repeats)
+    for i in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        run(x)
+        if cuda:
+            torch.cuda.synchronize()
+        ms[i] = (time.perf_counter() - t0) * 1e3
+    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["tiny", "seed"])
+    ap.add_argument("--batches", nargs="+", type=int, default=[1, 256])
+    ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads [torch's]")
+    ap.add_argument("--repeats", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    threads = torch.get_num_threads()
+    cuda = a.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("bench_latency: --device cuda but torch sees no GPU")
+    rows = []
+    for name in a.models:
+        torch.manual_seed(0)
+        model = create_model(name).eval()
+        T, C = model.cfg.window, model.cfg.channels
+        runtimes: dict[str, Callable[[int], Callable[[Any], Any]]] = {}
+        if cuda:
+            ref = eager(model, NORM, torch.device("cuda"))
+            runtimes["eager PyTorch (CUDA)"] = lambda b, ref=ref: ref
+            runtimes["CUDA graph"] = lambda b: cuda_graph(model, b, T, C)
+        else:
+            ref = eager(model, NORM)
+            runtimes["eager PyTorch"] = lambda b, ref=ref: ref
+            runtimes["TorchScript (traced, frozen)"] = lambda b, ts=torchscript(model, T, C): ts
+            try:
+                sess, ort_name = onnxruntime_session(model, NORM, T, C, threads)
+                runtimes[ort_name] = lambda b, sess=sess: (lambda x: sess.run(None, {INPUT_NAME: x})[0])
+            except ImportError:
+                print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
+        for batch in a.batches:
+            x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
+            want = ref(x)
+            for rt_name, make in runtimes.items():
+                run = make(batch)
+                got = run(x)
+                got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+                stats = time_calls(run, x, a.repeats, a.warmup, cuda)
+                target = TARGETS_MS.get((a.device, name)) if batch == 1 else None
+                row = {"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
+                       "runtime": rt_name, **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
+                       "parity_vs_eager": relative_diff(got, want), "target_ms": target,
+                       "meets_target": None if target is None else stats["median_ms"] <= target}
+                rows.append(row)
+                print(f"{name:5s} batch {batch:4d}  {rt_name:52s} median {stats['median_ms']:8.3f} ms  "
+                      f"p90 {stats['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
+                      + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
+                      flush=True)
+    out = Path(a.out) if a.out else RESULTS / f"latency_{a.device}.json"
+    write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device, "threads": threads,
+                     "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches, "dtype": "float32",
+                     "input": "random windows (batch, 128, 3); normalisation inside every runtime",
+                     "rows": rows})
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The fastest runtime present for a trained model, used only after its logits match eager PyTorch.
+
+On the CPU, onnxruntime runs the model (with its train normalisation inside, as
+``export`` writes it) several times faster than eager PyTorch at batch 1: there is no
+Python between the operators and its graph optimiser fuses them. The ONNX graph is made
+in memory with torch's TorchScript-based exporter (opset 17, well under a second; the
+dynamo exporter takes seconds), the session is set for small batches (``threads``
+intra-op threads, one inter-op thread, sequential execution, every graph optimisation),
+and the model is used only if its logits on check windows equal eager PyTorch's within
+``tolerance`` (largest absolute difference over ``max(1, largest absolute logit)``).
+Otherwise, or without onnxruntime, or on a GPU, eager PyTorch runs, and the reason is
+kept in :attr:`Runtime.note`.
+
+>>> from har_vit.model import create_model
+>>> rt = fast_runtime(create_model("tiny", window=32), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "eager")
+>>> rt.name, rt(np.zeros((2, 32, 3), np.float32)).shape
+('eager PyTorch', (2, 6))
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from har_vit.core.errors import UsageError
+
+RUNTIMES = ("auto", "onnxruntime", "eager")
+OPSET = 17  # the TorchScript-based exporter: fast, and enough for these models
+TOLERANCE = 1e-4
+CHECK_WINDOWS = 64
+
+
+@dataclass
+class Runtime:
+    """Raw windows ``(B, T, C)`` float32 -> logits ``(B, K)`` as a NumPy array."""
+
+    name: str  # e.g. "onnxruntime 1.32.0 (CPU, 2 threads)" or "eager PyTorch"
+    run: Callable[[np.ndarray], np.ndarray]
+    parity: float | None = None  # relative max |logit difference| against eager PyTorch on the check windows
+    note: str | None = None  # why eager PyTorch runs although something faster was asked for
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run(np.ascontiguousarray(x, dtype=np.float32))
+
+
+def eager(model: nn.Module, norm: Mapping[str, Any], device: torch.device | None = None) -> Runtime:
+    """Eager PyTorch with the checkpoint's normalisation (the reference every other runtime is held to)."""
+    from har_vit.core.checkpoint import normalise
+
+    device = device or torch.device("cpu")
+    model = model.to(device).eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(normalise(torch.from_numpy(x).to(device), norm)).float().cpu().numpy()
+
+    return Runtime("eager PyTorch", run)
+
+
+def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, channels: int,
+                        threads: int | None = None) -> tuple[Any, str]:
+    """An onnxruntime session of ``model`` with ``norm`` inside, and its description. ImportError without onnxruntime."""
+    import onnxruntime as ort
+
+    from har_vit.stages.export import INPUT_NAME, RawInputModel, write_onnx
+
+    threads = threads or torch.get_num_threads()
+    with tempfile.TemporaryDirectory(prefix="har-vit-onnx-") as tmp:
+        path = Path(tmp) / "model.onnx"
+        write_onnx(RawInputModel(model.cpu().eval(), norm), torch.zeros(1, window, channels), path, OPSET)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].name == INPUT_NAME
+    return sess, f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET})"
+
+
+def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest absolute difference over ``max(1, largest absolute value of b)``."""
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))) if a.size else 0.0
+
+
+def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto", device: torch.device | None = None,
+                 threads: int | None = None, check: np.ndarray | None = None, tolerance: float = TOLERANCE) -> Runtime:
+    """The runtime to use for ``model`` (see the module docstring).
+
+    ``runtime``: ``auto`` (onnxruntime on the CPU when installed and equal, else eager),
+    ``onnxruntime`` (a UsageError when it is not installed), or ``eager``. ``check``: the
+    windows the parity check runs on (default: 64 random windows at the model's scale).
+    The choice never depends on timing, so the same input gives the same output on a machine
+    (``bench/bench_latency.py`` measures which is faster where).
+    """
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    device = device or torch.device("cpu")
+    if device.type != "cpu" and runtime == "onnxruntime":
+        raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu, or --runtime eager on the GPU")
+    reference = eager(model, norm, device)
+    if runtime == "eager" or device.type != "cpu":
+        return reference
+    cfg = getattr(model, "cfg", None)
+    window, channels = int(getattr(cfg, "window", 0)), int(getattr(cfg, "channels", 0))
+    try:
+        sess, name = onnxruntime_session(model, norm, window, channels, threads)
+    except ImportError:
+        if runtime == "onnxruntime":
+            raise UsageError("--runtime onnxruntime: onnxruntime is not installed (pip install onnxruntime, "
+                             "or pip install -e '.[export]')") from None
+        return Runtime(reference.name, reference.run, note="onnxruntime is not installed: eager PyTorch")
+    except Exception as e:  # noqa: BLE001 - an export the exporter cannot do: say so, run eager
+        if runtime == "onnxruntime":
+            raise UsageError(f"--runtime onnxruntime: the model could not be exported ({type(e).__name__}: "
+                             f"{str(e)[:200]}); use --runtime eager") from None
+        return Runtime(reference.name, reference.run, note=f"ONNX export failed ({type(e).__name__}): eager PyTorch")
+    from har_vit.stages.export import INPUT_NAME
+
+    def run(x: np.ndarray) -> np.ndarray:
+        return sess.run(None, {INPUT_NAME: x})[0]
+
+    if check is None:
+        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        check = (np.random.default_rng(0).standard_normal((CHECK_WINDOWS, window, channels)) * std + mean)
+    check = np.ascontiguousarray(check[:CHECK_WINDOWS], dtype=np.float32)
+    diff = max(relative_diff(run(check[i:i + 16]), reference(check[i:i + 16])) for i in range(0, len(check), 16))
+    if diff > tolerance:
+        note = f"{name} differs from eager PyTorch by {diff:.1e} (> {tolerance:g}): eager PyTorch"
+        if runtime == "onnxruntime":
+            raise UsageError(f"--runtime onnxruntime: {note}; use --runtime eager")
+        return Runtime(reference.name, reference.run, note=note)
+    return Runtime(name, run, parity=diff)

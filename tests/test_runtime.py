@@ -1,0 +1,85 @@
+"""The fast runtime: used only when its logits equal eager PyTorch's; otherwise eager, and it says why."""
+from __future__ import annotations
+
+import builtins
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from har_vit.core import runtime
+from har_vit.core.errors import UsageError
+from har_vit.model import create_model
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
+NORM = {"mean": [0.5, -1.0, 9.8], "std": [4.0, 3.0, 5.0]}
+
+
+def trained_like(name: str, seed: int = 0) -> torch.nn.Module:
+    """A model with random (not default-initialised) weights, so parity is not checked on a trivial function."""
+    torch.manual_seed(seed)
+    m = create_model(name, window=64)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+@pytest.mark.parametrize("name", ["tiny", "seed"])
+def test_onnxruntime_logits_equal_eager_pytorch(name):
+    model = trained_like(name)
+    rt = runtime.fast_runtime(model, NORM, "auto", threads=1)
+    assert rt.name.startswith(f"onnxruntime {ort.__version__}") and rt.note is None
+    assert rt.parity is not None and rt.parity <= runtime.TOLERANCE
+    x = (np.random.default_rng(1).standard_normal((37, 64, 3)) * 4 + NORM["mean"]).astype(np.float32)
+    ref = runtime.eager(model, NORM)(x)
+    got = rt(x)
+    assert runtime.relative_diff(got, ref) <= runtime.TOLERANCE
+    assert (got.argmax(1) == ref.argmax(1)).all()
+    assert rt(x[:1]).shape == (1, 6)  # batch 1, as in the latency table
+
+
+def test_eager_when_asked_and_on_a_gpu_device():
+    model = trained_like("tiny")
+    assert runtime.fast_runtime(model, NORM, "eager").name == "eager PyTorch"
+    with pytest.raises(UsageError, match="--runtime onnxruntime runs on the CPU"):
+        runtime.fast_runtime(model, NORM, "onnxruntime", device=torch.device("cuda"))
+
+
+def test_a_runtime_that_differs_is_not_used(monkeypatch):
+    model = trained_like("tiny")
+    real = runtime.onnxruntime_session
+
+    def off_by_a_bit(*a, **kw):
+        sess, name = real(*a, **kw)
+
+        class Skewed:
+            def run(self, names, feeds):
+                return [sess.run(names, feeds)[0] + 1e-2]
+
+            def get_inputs(self):
+                return sess.get_inputs()
+        return Skewed(), name
+
+    monkeypatch.setattr(runtime, "onnxruntime_session", off_by_a_bit)
+    rt = runtime.fast_runtime(model, NORM, "auto")
+    assert rt.name == "eager PyTorch" and re.search(r"differs from eager PyTorch by \d\.\de-0[23] \(> 0.0001\)", rt.note)
+    with pytest.raises(UsageError, match="differs from eager PyTorch"):
+        runtime.fast_runtime(model, NORM, "onnxruntime")
+
+
+def test_without_onnxruntime_auto_falls_back_and_onnxruntime_is_a_usage_error(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_ort(name, *a, **kw):
+        if name == "onnxruntime":
+            raise ImportError("No module named 'onnxruntime'")
+        return real_import(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_ort)
+    model = trained_like("tiny")
+    rt = runtime.fast_runtime(model, NORM, "auto")
+    assert rt.name == "eager PyTorch" and "not installed" in rt.note
+    with pytest.raises(UsageError, match="onnxruntime is not installed"):
+        runtime.fast_runtime(model, NORM, "onnxruntime")
