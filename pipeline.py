@@ -334,6 +334,36 @@ def export(**kw: Any) -> None:
 
 
 @cli.command(context_settings=HELP)
+@options("cv")
+@handle_errors
+def cv(**kw: Any) -> None:
+    """Cross-validation grouped by user: every fold for every seed, one results row (DIR/cv.json).
+
+    \b
+    The sorted user ids are cut into --folds groups; each is the test set once. The models
+    train one after another; a rerun keeps the finished ones.
+    Example (the cv6 protocol of bench/bench_accuracy.py, 18 models):
+      python pipeline.py cv --dataset npz --data-path ../shared/data/wisdm_v1.1/wisdm_v1.1_windows128.npz --folds 6 --seeds 0 --seeds 1 --seeds 2 --out cv6/
+    """
+    import shlex
+
+    from har_vit.core.summary import command_summary
+    from har_vit.stages import cv as stage
+
+    result = stage.run(resolve("cv", kw), echo=lambda s: click.echo(s, err=True),
+                       command=shlex.join(["python", "pipeline.py", *sys.argv[1:]]))
+    row = result["rows"][0]
+    say(command_summary(
+        f"cv: {len(row['per_seed'])} models ({len(result['folds'])} folds grouped by user x {len(result['seeds'])} "
+        f"seeds, trained one after another) in {result['seconds']:.0f} s",
+        extra=(f"accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, macro F1 {row['macro_f1_mean']:.4f} "
+               f"± {row['macro_f1_std']:.4f} ({row['model']}, recipe {row['recipe']}, mean ± sd over every fold "
+               "and seed; each fold's test users unseen in its training)",
+               f"written: {Path(result['out']) / stage.CV_JSON} (one row in the format of bench/results/accuracy.json)"),
+        run_dir=result["out"]))
+
+
+@cli.command(context_settings=HELP)
 @click.option("--config", "config", type=click.Path(dir_okay=False), required=True, help="Sweep file (YAML).")
 @handle_errors
 def sweep(config: str) -> None:

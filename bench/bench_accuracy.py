@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
+from har_vit.core import results  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
@@ -64,7 +64,6 @@ OUT = RESULTS / "accuracy.json"
 # resumes in the next from here (the --work folder holds the same results and is not committed).
 RUNS_LOG = RESULTS / "accuracy_runs.jsonl"
 PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject")
-LEAKY = {"random"}
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
@@ -158,19 +157,7 @@ def row_command(model: str, recipe: str, protocol: str, seeds: list[int], epochs
 
 def summarise(model: str, recipe: str, protocol: str, runs: list[dict[str, Any]], epochs: int | None,
               command: str) -> dict[str, Any]:
-    acc, f1 = [r["accuracy"] for r in runs], [r["macro_f1"] for r in runs]
-    sd = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-    return {
-        "model": model, "recipe": recipe, "protocol": protocol, "leaky": protocol in LEAKY,
-        "device": runs[0]["device"], "device_name": runs[0]["device_name"], "dtype": "float32",
-        "epochs": epochs, "seeds": sorted({r["seed"] for r in runs}),
-        "per_seed": [{k: r[k] for k in ("seed", "fold", "accuracy", "macro_f1")} | (
-            {k: r[k] for k in ("best_epoch", "epochs_run") if k in r}) for r in runs],
-        "accuracy_mean": statistics.fmean(acc), "accuracy_std": sd(acc),
-        "macro_f1_mean": statistics.fmean(f1), "macro_f1_std": sd(f1),
-        "train_seconds_mean": statistics.fmean(r["train_seconds"] for r in runs),
-        "command": command, "measured": time.strftime("%Y-%m-%d"), "machine": machine(),
-    }
+    return results.summarise(model, recipe, protocol, runs, epochs, command, machine())
 
 
 def merge(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:

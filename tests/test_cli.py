@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["run", "ingest", "windows", "train", "evaluate", "report", "predict", "retrain", "export", "doctor"]
+COMMANDS = ["run", "ingest", "windows", "train", "evaluate", "report", "predict", "retrain", "export", "doctor", "cv"]
 
 
 def cli(*args):

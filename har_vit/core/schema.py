@@ -36,7 +36,7 @@ JOB = ("ingest", "windows", "train", "evaluate", "job")
 COMMANDS: dict[str, tuple[str, ...]] = {
     "ingest": ("ingest",), "windows": ("windows",), "train": ("train",), "evaluate": ("evaluate",),
     "report": ("report",), "predict": ("predict",), "export": ("export",),
-    "run": JOB, "retrain": JOB + ("retrain",), "doctor": DATA,
+    "run": JOB, "retrain": JOB + ("retrain",), "doctor": DATA, "cv": ("ingest", "windows", "train", "cv"),
 }
 DEVICES = ("auto", "cuda", "cpu")
 WHICH = ("best", "last")
@@ -122,7 +122,8 @@ _DECLARED = [
     _o("in_dir", "path", None, "Folder the stage reads: the previous stage's output.", "paths",
        commands=("windows", "train"), flag="--in", required=("train",)),
     _o("out", "path", None, "Where the command writes: a stage folder, the run folder of run [runs/<run id>], "
-       "the CSV of predict.", "paths", commands=("ingest", "windows", "train", "run", "predict", "export"),
+       "the CSV of predict, the folder of cv [runs/cv-<run id>].", "paths",
+       commands=("ingest", "windows", "train", "run", "predict", "export", "cv"),
        required=("ingest", "windows", "train", "predict", "export")),
     _o("run", "path", None, "A trained run: its folder (or any folder inside it); for predict and export also "
        "a stored run id or 'production' [production].", "paths", commands=("evaluate", "report", "predict", "export"),
@@ -216,6 +217,11 @@ _DECLARED = [
        "(the head is replaced).", "train", nullable=True),
     _o("freeze_epochs", int, 0, "With --init: keep the copied layers frozen this many epochs.", "train", min=0),
     # --- evaluation -----------------------------------------------------------------------------
+    # --- cross-validation -------------------------------------------------------------------------
+    _o("folds", int, 6, "cv: folds grouped by user (sorted user ids cut into this many contiguous groups; each "
+       "group is the test set once).", "cv", min=2),
+    _o("seeds", int, (0, 1, 2), "cv: seeds; every fold is trained once per seed (repeat the option).", "cv",
+       multiple=True, min=0),
     _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed and its logits equal "
        "PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
