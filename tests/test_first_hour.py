@@ -89,6 +89,7 @@ def test_evaluate_report_predict_export_take_the_run_folder_or_any_folder_inside
         assert field(out, "next") == f"python pipeline.py report --run {run_dir}"
     out, _ = cli("report", "--workdir", ws, "--run", run_dir / "windows", cwd=cwd)
     assert out.startswith(f"summary: report of {run_dir.name}") and Path(field(out, "report")).is_file()
+    assert Path(field(out, "report")) == Path(field(first_run["out"], "report"))  # the same report, written again
     assert field(out, "open").startswith("file:///")
 
     log, _ = synth_log

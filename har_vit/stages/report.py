@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import os
 import re
 import urllib.parse
@@ -734,6 +735,21 @@ def write_index(reports_dir: Path) -> Path:
     return write_text(reports_dir / "index.html", render_html(blocks, "HAR-ViT runs"))
 
 
+def _job_run_id(model_dir: Path) -> str | None:
+    """The id ``pipeline.py run`` gave the run around ``model_dir`` (its ``config.json``), so that a report
+    written again later lands in the same folder as the first."""
+    from har_vit.core.summary import run_folder
+
+    folder = run_folder(model_dir)
+    if folder == model_dir:
+        return None
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -745,7 +761,7 @@ def run(run_dir: str | os.PathLike, reports_dir: str | os.PathLike | None = None
     """
     run_dir = find_model_dir(run_dir)
     chain = load_chain(run_dir)
-    run_id = str(run_id or chain.train.get("run_id") or Path(run_dir).resolve().name)
+    run_id = str(run_id or _job_run_id(run_dir) or chain.train.get("run_id") or Path(run_dir).resolve().name)
     if not _RUN_ID.match(run_id):
         raise UsageError(f"run id '{run_id}' must be a plain folder name (letters, digits, '.', '_', '-')")
     reports_dir = Path(reports_dir) if reports_dir is not None else Workspace.at().reports
