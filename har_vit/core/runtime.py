@@ -50,14 +50,13 @@ class Runtime:
 
 def eager(model: nn.Module, norm: Mapping[str, Any], device: torch.device | None = None) -> Runtime:
     """Eager PyTorch with the checkpoint's normalisation (the reference every other runtime is held to)."""
-    from har_vit.core.checkpoint import normalise
+    from har_vit.core.inference import logits
 
     device = device or torch.device("cpu")
     model = model.to(device).eval()
 
     def run(x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return model(normalise(torch.from_numpy(x).to(device), norm)).float().cpu().numpy()
+        return logits(model, x, device, batch_size=max(1, len(x)), norm=norm).cpu().numpy()
 
     return Runtime("eager PyTorch", run)
 

@@ -50,7 +50,6 @@ REQUIRED = (
     ("yaml", "pyyaml", "pyyaml>=6.0", "--config files"),
     ("tqdm", "tqdm", "tqdm>=4.65", "progress bars"),
 )
-CHROMIUM = ("chromium", "chromium-browser", "google-chrome")  # as har_vit.core.browser finds it
 CHROMIUM_TIMEOUT_S = 20.0
 
 
@@ -314,7 +313,9 @@ def _run_session(ort: ModuleType, model: bytes) -> str:
 def _chromium() -> Check:
     """Headless Chromium, which the report's browser test renders the HTML report with."""
     fix = "apt-get install chromium (only the browser test of the report, tests/test_report.py, uses it)"
-    exe = next((p for p in map(shutil.which, CHROMIUM) if p), None)
+    from har_vit.core.browser import find_chromium
+
+    exe = find_chromium()
     if exe is None:
         return Check(MISSING, f"chromium: {fix}")
     try:
