@@ -341,7 +341,8 @@ def cv(**kw: Any) -> None:
 
     \b
     The sorted user ids are cut into --folds groups; each is the test set once. The models
-    train one after another; a rerun keeps the finished ones.
+    train together as one stacked model (each as it would alone, to float tolerance;
+    --sequential: one after another); a rerun keeps the finished ones.
     Example (the cv6 protocol of bench/bench_accuracy.py, 18 models):
       python pipeline.py cv --dataset npz --data-path ../shared/data/wisdm_v1.1/wisdm_v1.1_windows128.npz --folds 6 --seeds 0 --seeds 1 --seeds 2 --out cv6/
     """
@@ -355,7 +356,8 @@ def cv(**kw: Any) -> None:
     row = result["rows"][0]
     say(command_summary(
         f"cv: {len(row['per_seed'])} models ({len(result['folds'])} folds grouped by user x {len(result['seeds'])} "
-        f"seeds, trained one after another) in {result['seconds']:.0f} s",
+        f"seeds, trained {'together as one stacked model' if result['stacked'] else 'one after another'}) in "
+        f"{result['seconds']:.0f} s",
         extra=(f"accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, macro F1 {row['macro_f1_mean']:.4f} "
                f"± {row['macro_f1_std']:.4f} ({row['model']}, recipe {row['recipe']}, mean ± sd over every fold "
                "and seed; each fold's test users unseen in its training)",

@@ -20,11 +20,21 @@ included). On CPU that would take hours, so it is EXTRAPOLATED: 100 x (steps per
 median on-device step time + one timed validation pass + one timed checkpoint write),
 and labelled so in the output. ``--run-epochs N`` measures N real epochs instead.
 
+Many models at once (``--stack-folds F --stack-seeds S``, the ``cv`` command's two ways):
+the F x S models of a cross-validation grouped by user (F folds of the synthetic set's
+36 users, S seeds), each ``--stack-epochs`` epochs with early stopping off, trained
+end to end (validation and checkpoints included) one after another with
+``har_vit.stages.train.run`` and then together with
+``har_vit.training.stacked.train_together``, in the same process. Reported: windows/s
+of each, their ratio, and the largest weight difference between the two ways (they
+train the same models, so it should be float noise).
+
 Targets (for the H100): seed >= 50,000 windows/s; 100 epochs over 17,000 windows <= 30 s;
 on-device >= 3x the DataLoader baseline.
 
     python bench/bench_train.py --threads 1                 # CPU here: ~3 min
     python bench/bench_train.py --devices cuda --compile    # on a GPU machine
+    python bench/bench_train.py --models tiny --stack-folds 6 --stack-seeds 3 --stack-only   # stacked vs sequential
 """
 from __future__ import annotations
 
@@ -161,6 +171,46 @@ def hundred_epochs(name: str, device: torch.device, r: dict[str, Any], n_train: 
                    + ("" if run_epochs == 100 else f" over {run_epochs} epochs, x {scale:g}")}
 
 
+def stacked_vs_sequential(name: str, device: torch.device, windows: Path, folds: int, seeds: int, epochs: int,
+                          batch: int, work: Path) -> dict[str, Any]:
+    """The models of a grouped-by-user CV trained one after another, then together; same process, same configs."""
+    import numpy as np
+
+    from har_vit.core.checkpoint import load_checkpoint
+    from har_vit.stages.cv import folds_of
+    from har_vit.stages.windows import load_windows
+    from har_vit.training.stacked import train_together
+
+    users = load_windows(windows, verify=False)["subject"]
+    cfgs = [TrainConfig(model=name, epochs=epochs, batch_size=batch, patience=0, seed=s, split="subject",
+                        test_users=t, device=device.type, progress=False)
+            for s in range(seeds) for t in folds_of(users, folds)]
+    tag = f"{name}-{device.type}-{time.time_ns()}"
+    seq_dirs = [work / f"seq-{tag}-{i}" for i in range(len(cfgs))]
+    stk_dirs = [work / f"stk-{tag}-{i}" for i in range(len(cfgs))]
+    sync(device)
+    t0 = time.perf_counter()
+    mans = [run(c, windows, d) for c, d in zip(cfgs, seq_dirs, strict=True)]
+    sync(device)
+    seq_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train_together(cfgs, windows, stk_dirs, echo=lambda line: None)
+    sync(device)
+    stk_s = time.perf_counter() - t0
+    trained = sum(m["split"]["n_train"] // batch * batch * epochs for m in mans)
+    diff = max(float((a - b).abs().max()) for d1, d2 in zip(seq_dirs, stk_dirs, strict=True)
+               for a, b in zip(load_checkpoint(d1 / "last.pt")["model"].values(),
+                               load_checkpoint(d2 / "last.pt")["model"].values(), strict=True))
+    return {"model": name, "device": device.type, "device_name": device_label(device), "models": len(cfgs),
+            "folds": folds, "seeds": seeds, "epochs": epochs, "batch_size": batch,
+            "train_windows": int(np.sum([m["split"]["n_train"] for m in mans])),
+            "seconds": {"sequential": round(seq_s, 2), "stacked": round(stk_s, 2)},
+            "windows_per_s": {"sequential": round(trained / seq_s, 1), "stacked": round(trained / stk_s, 1)},
+            "speedup_stacked_vs_sequential": round(seq_s / stk_s, 3), "max_weight_diff": diff,
+            "how": "end to end (data on the device, validation and last.pt/best.pt every epoch), early stopping off; "
+                   "sequential = har_vit.stages.train.run per model, stacked = har_vit.training.stacked.train_together"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
@@ -175,12 +225,16 @@ def main() -> None:
                     help="epochs of a real run() for the 100-epoch figure [cuda 100, cpu 0 = extrapolate]")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads [torch's default]")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model in both pipelines")
+    ap.add_argument("--stack-folds", type=int, default=0, help="also time F-fold CV models stacked vs sequential")
+    ap.add_argument("--stack-seeds", type=int, default=1)
+    ap.add_argument("--stack-epochs", type=int, default=1)
+    ap.add_argument("--stack-only", action="store_true", help="only the stacked vs sequential comparison")
     ap.add_argument("--out", default=None, help="JSON path [bench/results/train_<devices>.json]")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
 
-    results, epochs100 = [], []
+    results, epochs100, stacks = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for dev_name in a.devices:
             device = resolve_device(dev_name)
@@ -189,6 +243,18 @@ def main() -> None:
             warmup = a.warmup if a.warmup is not None else (20 if cuda else 2)
             run_epochs = a.run_epochs if a.run_epochs is not None else (100 if cuda else 0)
             for name in a.models:
+                if a.stack_folds:
+                    windows = synthetic_windows(Path(tmp) / f"cv{a.windows}", a.windows)
+                    st = stacked_vs_sequential(name, device, windows, a.stack_folds, a.stack_seeds, a.stack_epochs,
+                                               a.batch_size, Path(tmp))
+                    stacks.append(st)
+                    print(f"{dev_name:4s} {name:6s} {st['models']} models x {st['epochs']} epoch(s): sequential "
+                          f"{st['windows_per_s']['sequential']:>9,.1f} win/s ({st['seconds']['sequential']:.1f} s)  "
+                          f"stacked {st['windows_per_s']['stacked']:>9,.1f} win/s ({st['seconds']['stacked']:.1f} s)  "
+                          f"x{st['speedup_stacked_vs_sequential']:.2f}  max weight diff {st['max_weight_diff']:.1e}",
+                          flush=True)
+                if a.stack_only:
+                    continue
                 r = bench_variant(name, device, a.windows, a.batch_size, steps, warmup, a.repeats, a.compile)
                 r["epochs_100"] = hundred_epochs(name, device, r, a.windows, run_epochs, a.compile, Path(tmp))
                 results.append(r)
@@ -200,9 +266,12 @@ def main() -> None:
                       + (" (EXTRAPOLATED)" if e["extrapolated"] else " (measured)"), flush=True)
                 epochs100.append(e)
 
-    out = Path(a.out) if a.out else RESULTS / f"train_{'_'.join(a.devices)}.json"
-    body = {"benchmark": "training throughput: on-device trainer vs DataLoader baseline",
-            "machine": machine(), "windows": a.windows, "targets": TARGETS, "results": results}
+    suffix = "_stacked" if a.stack_only else ""
+    out = Path(a.out) if a.out else RESULTS / f"train_{'_'.join(a.devices)}{suffix}.json"
+    body = {"benchmark": "training throughput: on-device trainer vs DataLoader baseline"
+                         + (", and many models stacked vs one after another" if stacks else ""),
+            "machine": machine(), "windows": a.windows, "targets": TARGETS, "results": results,
+            **({"stacked": stacks} if stacks else {})}
     write_json(out, body)
     print(f"targets ({TARGETS['on']}): seed >= {TARGETS['seed_windows_per_s']:,} win/s, 100 epochs <= "
           f"{TARGETS['epochs_100_s']:g} s, >= {TARGETS['speedup_vs_dataloader']:g}x DataLoader")

@@ -45,7 +45,7 @@ def test_cv_trains_every_fold_for_every_seed_and_resumes(tmp_path, windows_npz):
     stdout, err = cli(*args, cwd=cwd)
     result = json.loads((out / "cv.json").read_text())
     (row,) = result["rows"]
-    assert result["folds"] == [[1, 2], [3, 4], [5, 6]] and result["stacked"] is False
+    assert result["folds"] == [[1, 2], [3, 4], [5, 6]] and result["stacked"] is True
     assert row["protocol"] == "cv3" and row["recipe"] == "custom: epochs=1, batch_size=16"
     assert sorted((p["seed"], p["fold"]) for p in row["per_seed"]) == [(s, k) for s in (0, 1) for k in range(3)]
     for p in row["per_seed"]:  # each score is its model's own evaluation on its fold's users
@@ -55,7 +55,8 @@ def test_cv_trains_every_fold_for_every_seed_and_resumes(tmp_path, windows_npz):
         assert set(m["per_user"]) == {str(u) for u in result["folds"][p["fold"]]}
     assert row["accuracy_mean"] == pytest.approx(np.mean([p["accuracy"] for p in row["per_seed"]]))
     assert row["command"].startswith("python pipeline.py cv --workdir ") and "--folds 3" in row["command"]
-    assert stdout.startswith("summary: cv: 6 models (3 folds grouped by user x 2 seeds") and f"run: {out}" in stdout
+    assert stdout.startswith("summary: cv: 6 models (3 folds grouped by user x 2 seeds, trained together as one "
+                             "stacked model)") and f"run: {out}" in stdout
     assert err.count("[") >= 6 and "[6/6] seed 1 fold 2" in err
 
     # A rerun keeps every finished model: nothing is trained again, the row is the same.
@@ -64,3 +65,23 @@ def test_cv_trains_every_fold_for_every_seed_and_resumes(tmp_path, windows_npz):
     assert {p: p.stat().st_mtime_ns for p in out.glob("models/*/best.pt")} == before
     assert json.loads((out / "cv.json").read_text())["rows"][0]["per_seed"] == row["per_seed"]
     assert list(cwd.iterdir()) == []
+
+
+def test_cv_sequential_trains_the_same_models_one_after_another(tmp_path, windows_npz):
+    """--sequential and the default stack give each (seed, fold) the same weights, to float tolerance."""
+    import torch
+
+    from har_vit.core.checkpoint import load_checkpoint
+
+    common = ["cv", "--workdir", tmp_path, "--dataset", "npz", "--data-path", windows_npz, "--folds", 2,
+              "--seeds", 0, "--seeds", 3, "--epochs", "2", "--batch-size", "16", "--no-progress", "--threads", "1"]
+    cli(*common, "--out", tmp_path / "stacked", cwd=tmp_path)
+    _, err = cli(*common, "--out", tmp_path / "seq", "--sequential", cwd=tmp_path)
+    assert "one after another (--sequential)" in err
+    a, b = (json.loads((tmp_path / d / "cv.json").read_text()) for d in ("stacked", "seq"))
+    assert (a["stacked"], b["stacked"]) == (True, False)
+    for p in a["rows"][0]["per_seed"]:
+        name = f"models/s{p['seed']}-f{p['fold']}/last.pt"
+        wa, wb = (load_checkpoint(tmp_path / d / name)["model"] for d in ("stacked", "seq"))
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4)

@@ -23,6 +23,7 @@ def test_grid_sweep_table_and_choice(tmp_path, windows_npz, monkeypatch):
     result = json.loads((tmp_path / "sw" / "sweep.json").read_text())
     assert [row["name"] for row in result["rows"]] == ["rotate=0", "rotate=90"]
     assert all(row["n_runs"] == 2 for row in result["rows"])
+    assert result["stacked"] == [4] and result["trained_now"] == 4  # 2 settings x 2 seeds in one stack
     best = max(result["rows"], key=lambda row: row["val_macro_f1_mean"])
     assert result["chosen"] == best["name"] and "validation" in result["chosen_by"]
     assert "±" in (tmp_path / "sw" / "table.md").read_text()
@@ -57,3 +58,23 @@ def test_random_sweep_draws_distinct_combinations():
     combos = spec.combinations()
     assert len(combos) == 4 and len({json.dumps(c, sort_keys=True) for c in combos}) == 4
     assert combos == spec.combinations()  # seeded
+
+
+def test_a_sequential_sweep_trains_the_same_runs(tmp_path, windows_npz):
+    """``sequential: true`` trains each run alone; the stacked default gives the same weights."""
+    import torch
+
+    from har_vit.core.checkpoint import load_checkpoint
+
+    import_npz(WindowConfig(), windows_npz, tmp_path / "w")
+    body = {"windows": str(tmp_path / "w"), "split": "subject", "seeds": [0],
+            "base": {"model": "tiny", "epochs": 2, "batch_size": 16, "threads": 1},
+            "grid": {"lr": [0.0005, 0.002], "jitter": [0, 0.1]}}
+    stacked = sweep.run(sweep.SweepSpec.from_mapping({**body, "out": str(tmp_path / "a")}), echo=lambda s: None)
+    alone = sweep.run(sweep.SweepSpec.from_mapping({**body, "out": str(tmp_path / "b"), "sequential": True}),
+                      echo=lambda s: None)
+    assert stacked["stacked"] == [4] and alone["stacked"] == []
+    for row in stacked["rows"]:
+        for k, v in load_checkpoint(tmp_path / "a" / "runs" / row["name"] / "s0" / "last.pt")["model"].items():
+            w = load_checkpoint(tmp_path / "b" / "runs" / row["name"] / "s0" / "last.pt")["model"][k]
+            torch.testing.assert_close(v, w, rtol=1e-4, atol=1e-4)

@@ -222,6 +222,8 @@ _DECLARED = [
        "group is the test set once).", "cv", min=2),
     _o("seeds", int, (0, 1, 2), "cv: seeds; every fold is trained once per seed (repeat the option).", "cv",
        multiple=True, min=0),
+    _o("sequential", bool, False, "cv: train the models one after another instead of together as one stacked "
+       "model (same results to float tolerance; for comparison).", "cv"),
     _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed and its logits equal "
        "PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from har_vit.model import noise
+
 
 class PatchEmbed(nn.Module):
     """Cut a window into time patches and embed each one.
@@ -84,15 +86,35 @@ class Attention(nn.Module):
         self.heads, self.attn_drop = heads, attn_drop
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
+        if noise.current() is not None:  # stacked training: the math path, with this model's fed mask
+            x = _fed_attention(q, k, v, self.attn_drop if self.training else 0.0)
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
         x = x.transpose(1, 2).reshape(B, N, D)  # (B, H, N, hd) -> (B, N, D)
         return self.proj_drop(self.proj(x))
+
+
+def _fed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: float) -> torch.Tensor:
+    """SDPA's math, with the attention dropout mask taken from the noise feed: ``(B, H, N, hd)``."""
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5, dim=-1)  # (B, H, N, N)
+    if p > 0:
+        attn = attn * noise.take("attention", attn, p) / (1.0 - p)
+    return attn @ v
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that takes its mask from the noise feed when one is set (stacked training)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0 and noise.current() is not None:
+            return x * noise.take("dropout", x, self.p)
+        return super().forward(x)
 
 
 class Mlp(nn.Module):
@@ -109,7 +131,7 @@ class Mlp(nn.Module):
         self.conv = nn.Conv1d(hidden, hidden, conv_kernel, padding=conv_kernel // 2, groups=hidden) if conv_kernel else None
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)  # (B, N, H)
@@ -125,7 +147,8 @@ def drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """
     if p == 0.0 or not training:
         return x
-    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1.0 - p)
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    keep = noise.take("drop_path", x, p, shape) if noise.current() is not None else x.new_empty(shape).bernoulli_(1.0 - p)
     return x * keep / (1.0 - p)
 
 

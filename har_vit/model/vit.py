@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from har_vit.core.errors import UsageError
-from har_vit.model.layers import Block, DilatedStem, PatchEmbed, PatchMerge1d, SeedBlock
+from har_vit.model.layers import Block, DilatedStem, Dropout, PatchEmbed, PatchMerge1d, SeedBlock
 
 BLOCK_KINDS = ("seed", "prenorm")
 POOLS = ("flatten", "mean")
@@ -147,11 +147,11 @@ class HarViT(nn.Module):
         if cfg.head_hidden:
             hidden_norm = nn.LayerNorm(cfg.head_hidden) if cfg.head_norm else nn.Identity()
             self.head = nn.Sequential(
-                nn.Linear(cfg.head_in, cfg.head_hidden), hidden_norm, nn.ReLU(), nn.Dropout(cfg.drop),
+                nn.Linear(cfg.head_in, cfg.head_hidden), hidden_norm, nn.ReLU(), Dropout(cfg.drop),
                 nn.Linear(cfg.head_hidden, cfg.num_classes),
             )
         else:
-            self.head = nn.Sequential(nn.Dropout(cfg.drop), nn.Linear(cfg.head_in, cfg.num_classes))
+            self.head = nn.Sequential(Dropout(cfg.drop), nn.Linear(cfg.head_in, cfg.num_classes))
         if cfg.init == "vit":
             self.apply(_init_weights)
             if self.pos_embed is not None:

@@ -8,10 +8,13 @@ stopping see validation users only. Every (seed, fold) model is trained and eval
 its test users in its own folder ``DIR/models/s<seed>-f<fold>/``; a finished one is kept
 when ``cv`` runs again, so an interrupted run resumes.
 
-The models are trained one after another in this process (``"stacked": false`` in the
-result); training them together as one stacked model is not built yet.
+The models train together in this process as one stacked model
+(:mod:`har_vit.training.stacked`: each with its own fold's data, seed and dropout
+stream, so each ends with the weights it would have alone, to float tolerance);
+``--sequential`` trains them one after another instead, and models that a stack cannot
+hold (``--model rf``, ``--teacher``, ``--init``) always train alone.
 
-``DIR/cv.json``: ``{"rows": [row], "stacked": false, "folds": [[users], ...], "seconds"}``
+``DIR/cv.json``: ``{"rows": [row], "stacked": bool, "folds": [[users], ...], "seconds"}``
 where ``row`` has the format of ``bench/results/accuracy.json`` (:mod:`har_vit.core.results`):
 ``per_seed`` lists ``{seed, fold, accuracy, macro_f1}`` for every model, and ``command`` the
 command line that reproduces it.
@@ -31,6 +34,7 @@ from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import write_json
 from har_vit.core.runid import new_run_id
 from har_vit.core.schema import build
+from har_vit.training.stacked import train_together, why_not_stacked
 
 CV_JSON = "cv.json"
 
@@ -109,31 +113,42 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, command:
     users = load_windows(windows, verify=False)["subject"]
     folds = folds_of(users, int(values["folds"]))
     eval_cfg = evaluate.EvalConfig(skip_latency=True, baseline="none", device=base.device)
+    jobs = [(seed, k, test_users, out / "models" / f"s{seed}-f{k}") for seed in seeds
+            for k, test_users in enumerate(folds)]
+    cfgs = {(seed, k): dataclasses.replace(base, seed=seed, split="subject", test_users=test_users, fold=None,
+                                           progress=False) for seed, k, test_users, _ in jobs}
+    # Trained before an interruption: kept. The rest train now, together or one after another.
+    todo = [(seed, k, d) for seed, k, _, d in jobs if not (d / "manifest.json").is_file()]
+    reason = "--sequential" if values.get("sequential") else why_not_stacked(base)
+    stacked = reason is None and len(todo) > 1
+    t_train = time.perf_counter()
+    if stacked:
+        echo(f"cv: training {len(todo)} models together as one stacked model")
+        train_together([cfgs[seed, k] for seed, k, _ in todo], windows, [d for _, _, d in todo],
+                       resume=[(d / "last.pt").is_file() for _, _, d in todo], echo=echo)
+    else:
+        if todo and reason:
+            echo(f"cv: training {len(todo)} models one after another ({reason})")
+        for seed, k, d in todo:
+            train.run(cfgs[seed, k], windows, d, resume=(d / "last.pt").is_file())
+    train_s = time.perf_counter() - t_train
     runs: list[dict[str, Any]] = []
-    total = len(seeds) * len(folds)
-    for seed in seeds:
-        for k, test_users in enumerate(folds):
-            model_dir = out / "models" / f"s{seed}-f{k}"
-            metrics_path = model_dir / "eval" / "metrics.json"
-            if metrics_path.is_file():  # finished before an interruption: keep it
-                m = json.loads(metrics_path.read_text())
-                man = json.loads((model_dir / "manifest.json").read_text())
-            else:
-                cfg = dataclasses.replace(base, seed=seed, split="subject", test_users=test_users, fold=None,
-                                          progress=False)
-                man = train.run(cfg, windows, model_dir, resume=(model_dir / "last.pt").is_file())
-                m = evaluate.run(eval_cfg, model_dir)
-            if m["n_test"] == 0:
-                raise DataError(f"fold {k} (users {test_users}) has no test windows")
-            runs.append({"seed": seed, "fold": k, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
-                         "best_epoch": man.get("best_epoch"), "epochs_run": man.get("epochs_run"),
-                         "train_seconds": man.get("train_seconds", 0.0), "device": man.get("device", "cpu"),
-                         "device_name": man.get("device_name") or cpu_model_name()})
-            echo(f"[{len(runs)}/{total}] seed {seed} fold {k} (test users {', '.join(map(str, test_users))}): "
-                 f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, best epoch {man.get('best_epoch')} "
-                 f"of {man.get('epochs_run')}")
+    for seed, k, test_users, model_dir in jobs:
+        metrics_path = model_dir / "eval" / "metrics.json"
+        man = json.loads((model_dir / "manifest.json").read_text())
+        m = json.loads(metrics_path.read_text()) if metrics_path.is_file() else evaluate.run(eval_cfg, model_dir)
+        if m["n_test"] == 0:
+            raise DataError(f"fold {k} (users {test_users}) has no test windows")
+        runs.append({"seed": seed, "fold": k, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                     "best_epoch": man.get("best_epoch"), "epochs_run": man.get("epochs_run"),
+                     "train_seconds": man.get("train_seconds", 0.0), "device": man.get("device", "cpu"),
+                     "device_name": man.get("device_name") or cpu_model_name()})
+        echo(f"[{len(runs)}/{len(jobs)}] seed {seed} fold {k} (test users {', '.join(map(str, test_users))}): "
+             f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, best epoch {man.get('best_epoch')} "
+             f"of {man.get('epochs_run')}")
     row = results.summarise(base.model, recipe_of(base), f"cv{len(folds)}", runs, base.epochs, command, _machine())
-    result = {"rows": [row], "stacked": False, "folds": [list(f) for f in folds], "seeds": list(seeds),
-              "windows": str(windows), "seconds": round(time.perf_counter() - t0, 1), "out": str(out)}
+    result = {"rows": [row], "stacked": stacked, "folds": [list(f) for f in folds], "seeds": list(seeds),
+              "windows": str(windows), "seconds": round(time.perf_counter() - t0, 1),
+              "train_seconds": round(train_s, 1), "trained_now": len(todo), "out": str(out)}
     write_json(out / CV_JSON, result)
     return result

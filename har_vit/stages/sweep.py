@@ -15,6 +15,13 @@ A sweep file (YAML)::
     grid: {rotate: [0, 180], mixup: [0, 0.2]}       # every combination
     # random: {n: 6, space: {lr: [0.0003, 0.001, 0.003], jitter: [0, 0.05]}}   # n draws
     folds: [0, 5, 10]              # loso only: a subset of folds (default: all)
+    sequential: false              # true: train the runs one after another instead of stacked
+
+Runs of one architecture and batch size train together as one stacked model
+(:mod:`har_vit.training.stacked`; each ends as it would alone, to float tolerance);
+options such as ``lr``, ``weight_decay``, the schedule, epochs, augmentation and loss may
+differ within a stack. A sweep over ``model``, ``batch_size``, ``drop`` or ``drop_path``
+trains one stack per value.
 
 Output: ``table.csv`` / ``table.md`` / ``sweep.json`` with one row per combination
 (mean and std over runs of val macro F1, test accuracy and test macro F1), the chosen
@@ -50,10 +57,11 @@ class SweepSpec:
     random_space: tuple[tuple[str, tuple[Any, ...]], ...] = ()
     folds: tuple[int, ...] = ()
     random_seed: int = 0
+    sequential: bool = False
 
     @classmethod
     def from_mapping(cls, body: Mapping[str, Any]) -> "SweepSpec":
-        known = {"windows", "out", "split", "seeds", "base", "grid", "random", "folds"}
+        known = {"windows", "out", "split", "seeds", "base", "grid", "random", "folds", "sequential"}
         unknown = set(body) - known
         if unknown:
             raise UsageError(f"sweep file: unknown keys {sorted(unknown)}; use {sorted(known)}")
@@ -95,7 +103,8 @@ class SweepSpec:
                    seeds=tuple(int(s) for s in body.get("seeds", (0, 1, 2))),
                    base=tuple((option(k), value(option(k), v)) for k, v in (body.get("base") or {}).items()),
                    grid=axes(grid), random_n=int(rnd.get("n", 0)), random_space=axes(rnd.get("space") or {}),
-                   folds=tuple(int(f) for f in body.get("folds", ())), random_seed=int(rnd.get("seed", 0)))
+                   folds=tuple(int(f) for f in body.get("folds", ())), random_seed=int(rnd.get("seed", 0)),
+                   sequential=bool(body.get("sequential", False)))
 
     def combinations(self) -> list[dict[str, Any]]:
         """The option sets to try, in a stable order."""
@@ -126,6 +135,7 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     from har_vit.core.splits import loso_folds
     from har_vit.stages import evaluate, train
     from har_vit.stages.windows import load_windows
+    from har_vit.training.stacked import train_together
 
     out = Path(spec.out)
     w = load_windows(spec.windows)
@@ -134,28 +144,39 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
         folds = list(spec.folds) if spec.folds else list(range(len(loso_folds(w))))
     combos = spec.combinations()
     base = dict(spec.base)
-    rows, t0 = [], time.perf_counter()
-    total = len(combos) * len(spec.seeds) * len(folds)
-    done = 0
-    for combo in combos:
-        runs = []
+    t0 = time.perf_counter()
+    jobs = []  # (combo index, seed, fold, config, run folder)
+    for i, combo in enumerate(combos):
         for seed in spec.seeds:
             for fold in folds:
                 layer = {**base, **combo, "seed": seed, "split": spec.split, "progress": False,
                          **({"fold": fold} if fold is not None else {})}
-                cfg = build(train.TrainConfig, layer)
                 run_dir = out / "runs" / _name(combo) / (f"s{seed}" + (f"-f{fold}" if fold is not None else ""))
-                if (run_dir / "eval" / "manifest.json").is_file():  # resume a sweep: keep finished runs
-                    man = json.loads((run_dir / "manifest.json").read_text())
-                    met = json.loads((run_dir / "eval" / "metrics.json").read_text())
-                else:
-                    man = train.run(cfg, spec.windows, run_dir, resume=(run_dir / "last.pt").is_file())
-                    met = evaluate.run(build(evaluate.EvalConfig, {"skip_latency": True, "device": cfg.device}), run_dir)
-                runs.append({"seed": seed, "fold": fold, "val_macro_f1": man["best_val_macro_f1"],
+                jobs.append((i, seed, fold, build(train.TrainConfig, layer), run_dir))
+    # Runs finished before an interruption are kept; the rest train now, together where they can.
+    todo = [(cfg, d) for _, _, _, cfg, d in jobs if not (d / "manifest.json").is_file()]
+    stacks = _stacks(todo, spec.sequential)
+    for group in stacks:
+        if len(group) > 1:
+            echo(f"sweep: training {len(group)} runs of {group[0][0].model} together as one stacked model")
+            train_together([c for c, _ in group], spec.windows, [d for _, d in group],
+                           resume=[(d / "last.pt").is_file() for _, d in group], echo=echo)
+        else:
+            (cfg, d), = group
+            train.run(cfg, spec.windows, d, resume=(d / "last.pt").is_file())
+    per_combo: list[list[dict[str, Any]]] = [[] for _ in combos]
+    for done, (i, seed, fold, cfg, run_dir) in enumerate(jobs, 1):
+        man = json.loads((run_dir / "manifest.json").read_text())
+        if (run_dir / "eval" / "manifest.json").is_file():
+            met = json.loads((run_dir / "eval" / "metrics.json").read_text())
+        else:
+            met = evaluate.run(build(evaluate.EvalConfig, {"skip_latency": True, "device": cfg.device}), run_dir)
+        per_combo[i].append({"seed": seed, "fold": fold, "val_macro_f1": man["best_val_macro_f1"],
                              "test_accuracy": met["accuracy"], "test_macro_f1": met["macro_f1"], "dir": str(run_dir)})
-                done += 1
-                echo(f"[{done}/{total}] {_name(combo)} seed {seed}" + (f" fold {fold}" if fold is not None else "")
-                     + f": val F1 {man['best_val_macro_f1']:.4f}, test acc {met['accuracy']:.4f}")
+        echo(f"[{done}/{len(jobs)}] {_name(combos[i])} seed {seed}" + (f" fold {fold}" if fold is not None else "")
+             + f": val F1 {man['best_val_macro_f1']:.4f}, test acc {met['accuracy']:.4f}")
+    rows = []
+    for combo, runs in zip(combos, per_combo, strict=True):
         stats = {k: (float(np.mean([r[k] for r in runs])), float(np.std([r[k] for r in runs])))
                  for k in ("val_macro_f1", "test_accuracy", "test_macro_f1")}
         rows.append({"name": _name(combo), "options": combo, "n_runs": len(runs), "runs": runs,
@@ -163,11 +184,26 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["val_macro_f1_mean"])
     result = {"split": spec.split, "seeds": list(spec.seeds), "folds": folds, "base": base, "rows": rows,
               "chosen": best["name"], "chosen_by": "mean validation macro F1 (test never used to choose)",
+              "stacked": [len(g) for g in stacks if len(g) > 1], "trained_now": len(todo),
               "seconds": round(time.perf_counter() - t0, 1)}
     write_json(out / "sweep.json", result)
     write_text(out / "table.csv", _csv(rows))
     write_text(out / "table.md", _markdown(rows, best["name"], spec))
     return result
+
+
+def _stacks(todo: list[tuple[Any, Path]], sequential: bool) -> list[list[tuple[Any, Path]]]:
+    """Runs that can train together (one architecture and batch size), grouped; the rest one by one."""
+    from har_vit.training.stacked import why_not_stacked
+
+    groups: dict[tuple[Any, ...], list[tuple[Any, Path]]] = {}
+    alone = []
+    for cfg, d in todo:
+        if sequential or why_not_stacked(cfg) is not None:
+            alone.append([(cfg, d)])
+        else:
+            groups.setdefault((cfg.model, cfg.batch_size, cfg.drop, cfg.drop_path, cfg.device), []).append((cfg, d))
+    return list(groups.values()) + alone
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -26,52 +26,26 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from har_vit.core import schema
-from har_vit.core.checkpoint import load_checkpoint, save_checkpoint
+from har_vit.core.checkpoint import save_checkpoint
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import UsageError
-from har_vit.core.io import (
-    MANIFEST,
-    begin_stage,
-    file_entry,
-    read_manifest,
-    save_npz,
-    write_manifest,
-)
+from har_vit.core.io import MANIFEST, begin_stage, read_manifest, save_npz
 from har_vit.core.runid import new_run_id
-from har_vit.core.schema import as_dict
-from har_vit.model import create_model
 from har_vit.model.variants import CLASSICAL
 from har_vit.training import distributed
-from har_vit.training.augment import AugmentConfig, Augmenter
+from har_vit.training.augment import AugmentConfig
 from har_vit.training.distributed import DistContext
-from har_vit.training.loop import (
-    Data,
-    autocast_for,
-    build_optimizer,
-    build_scheduler,
-    epoch_batches,
-    evaluate_split,
-    make_loss,
-    prepare_data,
-    train_epoch,
-)
-from har_vit.training.objective import Objective, load_init, load_teacher, set_frozen
-from har_vit.training.resume import (
-    CheckpointWriter,
-    RunState,
-    check_resumable,
-    checkpoint_header,
-    epoch_files,
-    write_history,
-)
-from har_vit.training.rng import set_rng_state
+from har_vit.training.loop import Data, epoch_batches, evaluate_split, prepare_data, train_epoch
+from har_vit.training.objective import set_frozen
+from har_vit.training.parts import build_parts, end_epoch, levers_of, restore, write_run_manifest
+from har_vit.training.resume import CheckpointWriter, RunState, checkpoint_header, epoch_files, write_history
 
 
 @schema.config("train")
@@ -96,15 +70,6 @@ class TrainConfig:
         if self.val_frac + self.test_frac >= 1:
             bad.append(f"val_frac + test_frac ({self.val_frac:g} + {self.test_frac:g}) must be < 1")
         return bad
-
-
-# --- the pieces of a training step (the bench's DataLoader baseline reuses them) -------------------
-
-
-# --- data ------------------------------------------------------------------------------------------
-
-
-# --- checkpoint state ------------------------------------------------------------------------------
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -145,51 +110,14 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     data = prepare_data(cfg, windows_dir, ctx, device)
     if cfg.model in CLASSICAL:
         return _fit_classical(cfg, windows_dir, out, data, ctx, device)
-    n_train, T, C = data.X_train.shape
-    steps = n_train // cfg.batch_size  # the last partial batch is dropped (see the module docstring)
-
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank and in every run
-    overrides = {k: getattr(cfg, k) for k in ("drop", "drop_path") if getattr(cfg, k) is not None}
-    model = create_model(cfg.model, window=T, channels=C, num_classes=len(data.class_names), **overrides)
-    init_info = load_init(model, cfg.init) if cfg.init else None
-    model = model.to(device)
-    if cfg.freeze_epochs and ctx.enabled:
-        raise UsageError("--freeze-epochs is not supported under torchrun (DDP fixes the trained parameters "
-                         "at start); train the frozen phase in one process")
-    # Dropout must differ between ranks; rank 0 keeps the run's seed. The shift keeps any
-    # rank's stream apart from every 32-bit seed a single-process run could use.
-    torch.manual_seed(cfg.seed + (ctx.rank << 32))
-    optimizer = build_optimizer(model, cfg, device)
-    scheduler = build_scheduler(optimizer, cfg, steps)
-    weights = torch.tensor(data.class_weights, device=device) if data.class_weights else None
-    shuffle = torch.Generator(device=device).manual_seed(cfg.seed)
-    aug_cfg = cfg.augment_config()
-    # The augmentation stream is its own generator (seeded apart from the shuffle), saved in last.pt.
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + (1 << 40) + ctx.rank) if aug_cfg.enabled() else None
-    teacher = (load_teacher(cfg.teacher, data.norm, data.class_names, device, data.split.summary())
-               if cfg.teacher else None)
-    if aug_cfg.enabled() or teacher is not None:
-        loss_fn: Callable = Objective(cfg.label_smoothing, weights,
-                                      Augmenter(aug_cfg, len(data.class_names), channels=C, norm=data.norm)
-                                      if aug_cfg.enabled() else None, aug_gen, teacher, cfg.distill,
-                                      cfg.distill_alpha, cfg.distill_temperature, lambda: autocast_for(device))
-    else:
-        loss_fn = make_loss(cfg, weights)
+    parts = build_parts(cfg, data, device, ctx)
+    n_train, steps = data.X_train.shape[0], parts.steps
+    model, optimizer, scheduler, loss_fn = parts.model, parts.optimizer, parts.scheduler, parts.loss_fn
+    shuffle, aug_gen = parts.shuffle, parts.aug_gen
 
     state = RunState(new_run_id(cfg.model, cfg.split, f"s{cfg.seed}"))
     if resume:
-        ckpt = load_checkpoint(last_path)  # ArtefactError when corrupt
-        check_resumable(ckpt, cfg, device, data, last_path)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = RunState.from_ckpt(ckpt)
-        if ctx.is_main:
-            set_rng_state(ckpt["rng"], shuffle, device, aug_gen)
-        else:  # only rank 0's RNGs are saved: other ranks get fresh, distinct dropout streams
-            torch.manual_seed(cfg.seed + (ctx.rank << 32) + state.epoch)
-            shuffle.set_state(ckpt["rng"]["shuffle"])
-        del ckpt
+        state = restore(parts, cfg, data, last_path, device, ctx)
 
     train_model: nn.Module = model
     if ctx.enabled:
@@ -225,15 +153,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
             train_s, seen = time.perf_counter() - t0, steps * cfg.batch_size
             state.epoch = epoch
             if ctx.is_main:
-                row = {"epoch": epoch, "lr": lr, "train_loss": totals[0] / seen, "train_acc": totals[1] / seen,
-                       **evaluate_split(model, data.X_val, data.y_val, cfg.eval_batch_size, device)}
-                improved = row["val_macro_f1"] > state.best["val_macro_f1"]
-                if improved:
-                    state.best = {"epoch": epoch, "val_macro_f1": row["val_macro_f1"]}
-                state.stopped_early = bool(cfg.patience) and epoch - state.best["epoch"] >= cfg.patience
-                row.update(seconds=time.perf_counter() - t0, windows_per_s=seen / train_s)
-                state.history.append(row)
-                state.train_seconds += row["seconds"]
+                row, improved = end_epoch(cfg, state, data, model, device, lr, totals, seen, train_s, t0)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}",
                                 val_f1=f"{row['val_macro_f1']:.4f}", refresh=False)
                 writer.submit(epoch_files(out, fixed, model, optimizer, scheduler, shuffle, device, state, improved,
@@ -249,11 +169,10 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     if not (state.stopped_early or state.epoch >= cfg.epochs):
         return {"stage": "train", "finished": False, "epochs_run": state.epoch, "run_id": state.run_id}
     if ctx.is_main:
-        levers = {"augment": {k: v for k, v in vars(aug_cfg).items()} if aug_cfg.enabled() else None,
-                  "teacher": teacher.info if teacher else None, "init": init_info}
-        _write_manifest(cfg, out, windows_dir, data, model, device, ctx, state, levers)
+        write_run_manifest(cfg, out, windows_dir, data, model, device, ctx, state, levers_of(parts))
     distributed.barrier(ctx)  # the other ranks return once the run folder is complete
     return read_manifest(out, "train")
+
 
 
 def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, ctx: DistContext,
@@ -281,25 +200,6 @@ def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, c
     save_checkpoint(out / "last.pt", {**light, **state.to_ckpt()})
     print(f"har_vit train: rf fitted on {data.X_train.shape[0]} train windows in {fit_s:.1f} s on the CPU; "
           f"val macro F1 {row['val_macro_f1']:.4f}", file=sys.stderr)
-    _write_manifest(cfg, out, windows_dir, data, model, torch.device("cpu"), ctx, state,
+    write_run_manifest(cfg, out, windows_dir, data, model, torch.device("cpu"), ctx, state,
                     {"augment": None, "teacher": None, "init": None})
     return read_manifest(out, "train")
-
-
-def _write_manifest(cfg: TrainConfig, out: Path, windows_dir: Path, data: Data, model: nn.Module,
-                    device: torch.device, ctx: DistContext, state: RunState, levers: dict[str, Any]) -> None:
-    # Throughput over the training steps only (validation and checkpoints excluded): all
-    # windows over all step time, an epoch's step time being its windows / windows_per_s.
-    per_epoch = (data.X_train.shape[0] // cfg.batch_size) * cfg.batch_size
-    step_seconds = sum(per_epoch / h["windows_per_s"] for h in state.history)
-    write_manifest(
-        out, "train", config=as_dict(cfg), run_id=state.run_id, model=model.name, model_kwargs=model.kwargs,
-        params=model.num_params(), device=device.type, device_name=device_label(device), **distributed.describe(ctx),
-        split=data.split.summary(), epochs_run=state.epoch, best_epoch=state.best["epoch"],
-        best_val_macro_f1=state.best["val_macro_f1"], stopped_early=state.stopped_early,
-        class_names=data.class_names, norm=data.norm, class_weights=data.class_weights,
-        train_seconds=round(state.train_seconds, 3),
-        windows_per_s=round(per_epoch * len(state.history) / step_seconds, 1) if step_seconds else None,
-        inputs={"upstream": str(windows_dir.resolve()), "files": [data.windows_entry]}, **levers,
-        outputs=[file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
-    )

@@ -19,13 +19,19 @@ import numpy as np
 import torch
 
 
-def rng_state(shuffle: torch.Generator, device: torch.device, augment: torch.Generator | None = None) -> dict[str, Any]:
-    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe)."""
+def rng_state(shuffle: torch.Generator, device: torch.device, augment: torch.Generator | None = None,
+              dropout: torch.Generator | None = None) -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain lists (weights_only-safe).
+
+    ``dropout`` stands in for torch's global generator (CUDA's on a GPU) when the run's
+    dropout masks come from a generator of its own (stacked training).
+    """
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     py_version, py_internal, py_gauss = random.getstate()
+    own = dropout.get_state() if dropout is not None else None
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": [torch.cuda.get_rng_state(device)] if device.type == "cuda" else [],
+        "torch": own if own is not None and device.type != "cuda" else torch.get_rng_state(),
+        "cuda": ([own if own is not None else torch.cuda.get_rng_state(device)] if device.type == "cuda" else []),
         "numpy": [str(np_name), torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_gauss), float(np_cached)],
         "python": [py_version, list(py_internal), py_gauss],
         "shuffle": shuffle.get_state(),
