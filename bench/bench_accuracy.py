@@ -193,6 +193,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--work", default=str(ROOT / "bench" / "out" / "accuracy"), help="cache of windows and runs")
     ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--runs-log", default=str(RUNS_LOG), help="one JSON line per finished model (read to resume)")
     ap.add_argument("--table", action="store_true", help="print the README table from --out and exit")
     a = ap.parse_args()
     out = Path(a.out)
@@ -206,9 +207,10 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     work = Path(a.work)
+    runs_log = Path(a.runs_log)
     logged = {}
-    if RUNS_LOG.is_file():
-        logged = {(e := json.loads(line))["tag"]: e["result"] for line in RUNS_LOG.read_text().splitlines() if line}
+    if runs_log.is_file():
+        logged = {(e := json.loads(line))["tag"]: e["result"] for line in runs_log.read_text().splitlines() if line}
     for protocol in a.protocols:
         windows = windows_for(protocol, work)
         w = load_windows(windows)
@@ -235,7 +237,7 @@ def main() -> None:
                     res = train_one(cfg, windows, run_dir, w)
                 res = {"seed": job["seed"], "fold": job["fold"], **res}
                 write_json(cached, res)
-                with open(RUNS_LOG, "a") as fh:  # one short line per model: appends do not interleave
+                with open(runs_log, "a") as fh:  # one short line per model: appends do not interleave
                     fh.write(json.dumps({"tag": tag, "result": res}) + "\n")
                 runs.append(res)
                 print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
@@ -246,7 +248,7 @@ def main() -> None:
                             row_command(model, recipe, protocol, a.seeds, a.epochs, a.device))
             if len(row["seeds"]) < 3:  # a partial grid: its runs are logged; the results file takes rows of >= 3 seeds
                 print(f"== {protocol} {model}: {len(row['seeds'])} seed(s) only; not written to {out.name} "
-                      f"(runs kept in {RUNS_LOG.name}; rerun with 3 seeds to make the row)")
+                      f"(runs kept in {runs_log.name}; rerun with 3 seeds to make the row)")
                 continue
             merge(out, [row])
             print(f"== {protocol} {model} ({recipe}): accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, "
