@@ -389,6 +389,9 @@ def sweep(config: str) -> None:
         extra=(f"chosen: val macro F1 {best['val_macro_f1_mean']:.4f} ± {best['val_macro_f1_std']:.4f}, test accuracy "
                f"{best['test_accuracy_mean']:.4f} ± {best['test_accuracy_std']:.4f}, test macro F1 "
                f"{best['test_macro_f1_mean']:.4f} ± {best['test_macro_f1_std']:.4f}",
+               f"trained now: {result['trained_now']} runs"
+               + (f" ({' + '.join(map(str, result['stacked']))} of them together as stacked models)"
+                  if result["stacked"] else ""),
                f"table: {out / 'table.md'} (all settings; sweep.json, table.csv beside it)")))
 
 

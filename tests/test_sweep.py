@@ -29,6 +29,7 @@ def test_grid_sweep_table_and_choice(tmp_path, windows_npz, monkeypatch):
     assert "±" in (tmp_path / "sw" / "table.md").read_text()
     assert "summary: sweep of 2 settings x 2 seeds (subject split" in r.stdout
     assert f"chose {best['name']} by mean validation macro F1" in r.stdout
+    assert "trained now: 4 runs (4 of them together as stacked models)" in r.stdout
     assert f"val macro F1 {best['val_macro_f1_mean']:.4f}" in r.stdout and f"table: {tmp_path / 'sw' / 'table.md'}" in r.stdout
     # Re-running keeps finished runs instead of training them again.
     mtime = (tmp_path / "sw" / "runs" / "rotate=0" / "s0" / "best.pt").stat().st_mtime
