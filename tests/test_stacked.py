@@ -112,7 +112,7 @@ def test_a_stack_refuses_what_it_cannot_hold(tmp_path, windows):
     with pytest.raises(UsageError, match="rf.*train it alone"):
         train_together([TrainConfig(model="rf", progress=False)], windows, [tmp_path / "rf"])
     mixed = [CFGS[0], TrainConfig(**{**COMMON, "batch_size": 8}, seed=2, test_users=(4,))]
-    with pytest.raises(UsageError, match="batch-size"):
+    with pytest.raises(UsageError, match="--batch-size"):
         train_together(mixed, windows, [tmp_path / "a", tmp_path / "b"], echo=lambda s: None)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # nothing half-written
 

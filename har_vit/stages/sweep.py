@@ -194,7 +194,7 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
 
 def _stacks(todo: list[tuple[Any, Path]], sequential: bool) -> list[list[tuple[Any, Path]]]:
     """Runs that can train together (one architecture and batch size), grouped; the rest one by one."""
-    from har_vit.training.stacked import why_not_stacked
+    from har_vit.training.stacked import stack_key, why_not_stacked
 
     groups: dict[tuple[Any, ...], list[tuple[Any, Path]]] = {}
     alone = []
@@ -202,7 +202,7 @@ def _stacks(todo: list[tuple[Any, Path]], sequential: bool) -> list[list[tuple[A
         if sequential or why_not_stacked(cfg) is not None:
             alone.append([(cfg, d)])
         else:
-            groups.setdefault((cfg.model, cfg.batch_size, cfg.drop, cfg.drop_path, cfg.device), []).append((cfg, d))
+            groups.setdefault(stack_key(cfg), []).append((cfg, d))
     return list(groups.values()) + alone
 
 

@@ -36,7 +36,7 @@ from har_vit.core import schema
 from har_vit.core.checkpoint import save_checkpoint
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import UsageError
-from har_vit.core.io import MANIFEST, begin_stage, read_manifest, save_npz
+from har_vit.core.io import begin_stage, read_manifest, save_npz
 from har_vit.core.runid import new_run_id
 from har_vit.model.variants import CLASSICAL
 from har_vit.training import distributed
@@ -44,7 +44,15 @@ from har_vit.training.augment import AugmentConfig
 from har_vit.training.distributed import DistContext
 from har_vit.training.loop import Data, epoch_batches, evaluate_split, prepare_data, train_epoch
 from har_vit.training.objective import set_frozen
-from har_vit.training.parts import build_parts, end_epoch, levers_of, restore, write_run_manifest
+from har_vit.training.parts import (
+    build_parts,
+    check_run_folder,
+    end_epoch,
+    levers_of,
+    restore,
+    set_up_process,
+    write_run_manifest,
+)
 from har_vit.training.resume import CheckpointWriter, RunState, checkpoint_header, epoch_files, write_history
 
 
@@ -97,15 +105,8 @@ def run(cfg: TrainConfig, windows_dir: str | Path, out_dir: str | Path, resume: 
 
 def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_after: int | None,
          ctx: DistContext, device: torch.device) -> dict[str, Any]:
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")  # TF32 for whatever autocast leaves in fp32
-    last_path = out / "last.pt"
-    if resume and not last_path.is_file():
-        raise UsageError(f"{last_path}: nothing to resume; run without --resume to start training in {out}")
-    if not resume and (last_path.exists() or (out / MANIFEST).exists()):
-        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out folder")
+    set_up_process(cfg, device)
+    last_path = check_run_folder(out, resume)
 
     data = prepare_data(cfg, windows_dir, ctx, device)
     if cfg.model in CLASSICAL:

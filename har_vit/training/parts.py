@@ -19,7 +19,7 @@ from torch import nn
 from har_vit.core.checkpoint import load_checkpoint
 from har_vit.core.efficiency import device_label
 from har_vit.core.errors import UsageError
-from har_vit.core.io import file_entry, write_manifest
+from har_vit.core.io import MANIFEST, file_entry, write_manifest
 from har_vit.core.schema import as_dict
 from har_vit.model import create_model
 from har_vit.training import distributed
@@ -32,6 +32,24 @@ from har_vit.training.rng import set_rng_state
 
 if TYPE_CHECKING:
     from har_vit.stages.train import TrainConfig
+
+def set_up_process(cfg: TrainConfig, device: torch.device) -> None:
+    """Process-wide settings of training: torch's CPU threads, TF32 for what autocast leaves in fp32."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+
+
+def check_run_folder(out: Path, resume: bool) -> Path:
+    """``out/last.pt``, once ``out`` is known to fit: resumable when ``resume``, else not a run yet."""
+    last_path = out / "last.pt"
+    if resume and not last_path.is_file():
+        raise UsageError(f"{last_path}: nothing to resume; run without --resume to start training in {out}")
+    if not resume and (last_path.exists() or (out / MANIFEST).exists()):
+        raise UsageError(f"{out} already holds a training run; pass --resume to continue it, or choose a new --out folder")
+    return last_path
+
 
 @dataclass
 class Parts:

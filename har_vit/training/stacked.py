@@ -41,7 +41,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import UsageError
-from har_vit.core.io import MANIFEST, begin_stage, read_manifest, save_npz
+from har_vit.core.io import begin_stage, read_manifest, save_npz
 from har_vit.core.runid import new_run_id
 from har_vit.model import noise
 from har_vit.model.variants import CLASSICAL
@@ -62,6 +62,11 @@ def why_not_stacked(cfg: TrainConfig) -> str | None:
         if getattr(cfg, opt):
             return f"--{opt.replace('_', '-')} is not supported in a stack"
     return None
+
+
+def stack_key(cfg: TrainConfig) -> tuple[Any, ...]:
+    """Configs with equal keys build one architecture and batch shape, so they can share a stack."""
+    return (cfg.model, cfg.batch_size, cfg.drop, cfg.drop_path, cfg.device)
 
 
 @dataclass
@@ -150,19 +155,12 @@ def train_together(cfgs: Sequence[TrainConfig], windows_dir: str | Path, outs: S
         reason = why_not_stacked(cfg)
         if reason:
             raise UsageError(f"cannot train {cfg.model} (seed {cfg.seed}) in a stack: {reason}; train it alone")
-    device = resolve_device(cfgs[0].device)
-    if any(c.device != cfgs[0].device for c in cfgs):
-        raise UsageError("stacked models must share one --device")
-    if cfgs[0].threads is not None:
-        torch.set_num_threads(cfgs[0].threads)
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high")
-
-    B = cfgs[0].batch_size
-    shape = ("model", "batch_size", "drop", "drop_path")
-    if any(getattr(c, k) != getattr(cfgs[0], k) for c in cfgs for k in shape):
-        raise UsageError("stacked models must share --model, --batch-size, --drop and --drop-path; "
+    if any(stack_key(c) != stack_key(cfgs[0]) for c in cfgs):
+        raise UsageError("stacked models must share --model, --batch-size, --drop, --drop-path and --device; "
                          "train the others in another stack")
+    device = resolve_device(cfgs[0].device)
+    parts_of.set_up_process(cfgs[0], device)
+    B = cfgs[0].batch_size
     members = [_member(cfg, Path(windows_dir), Path(out), r, device, ctx) for cfg, out, r in zip(cfgs, outs, resume, strict=True)]
     active = [m for m in members if m.manifest is None]
     if any(m.fixed["model_kwargs"] != active[0].fixed["model_kwargs"] for m in active):
@@ -255,11 +253,7 @@ def train_together(cfgs: Sequence[TrainConfig], windows_dir: str | Path, outs: S
 
 def _member(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, device: torch.device,
             ctx: distributed.DistContext) -> Member:
-    last = out / "last.pt"
-    if resume and (out / MANIFEST).is_file() and not last.is_file():
-        raise UsageError(f"{last}: nothing to resume")
-    if not resume and (last.exists() or (out / MANIFEST).exists()):
-        raise UsageError(f"{out} already holds a training run; pass resume, or choose a new folder")
+    last = parts_of.check_run_folder(out, resume)
     data = prepare_data(cfg, windows_dir, ctx, device)
     parts = parts_of.build_parts(cfg, data, device, ctx)
     # build_parts left the global generator where this model's own run starts drawing dropout masks.
