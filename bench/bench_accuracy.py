@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
-from har_vit.core.io import write_json  # noqa: E402
+from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
 from har_vit.core.inference import labels  # noqa: E402
 from har_vit.stages.train import TrainConfig, run  # noqa: E402
@@ -113,8 +114,21 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The real trainer, then the test split of its best.pt."""
-    m = run(cfg, windows, run_dir)
+    """The real trainer, then the test split of its best.pt.
+
+    A run folder left by an interrupted grid is carried on, not started again: a finished run
+    (manifest written) is only scored, an unfinished one resumes from its ``last.pt`` (bit-exact on
+    CPU), and one that never reached the end of its first epoch starts afresh.
+    """
+    if (run_dir / MANIFEST).is_file():
+        m = read_manifest(run_dir, "train")
+    elif (run_dir / "last.pt").is_file():
+        print(f"resuming {run_dir} from its last.pt", flush=True)
+        m = run(cfg, windows, run_dir, resume=True)
+    else:
+        if run_dir.exists():
+            shutil.rmtree(run_dir)
+        m = run(cfg, windows, run_dir)
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
     pred = labels(model, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
@@ -230,11 +244,7 @@ def main() -> None:
                 if model == "minirocket":
                     res = minirocket_one(cfg, w, a.threads)
                 else:
-                    run_dir = work / "runs" / tag / "run"
-                    if run_dir.exists():  # an interrupted run: start it again
-                        import shutil
-                        shutil.rmtree(run_dir)
-                    res = train_one(cfg, windows, run_dir, w)
+                    res = train_one(cfg, windows, work / "runs" / tag / "run", w)
                 res = {"seed": job["seed"], "fold": job["fold"], **res}
                 write_json(cached, res)
                 with open(runs_log, "a") as fh:  # one short line per model: appends do not interleave

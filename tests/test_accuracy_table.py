@@ -33,3 +33,33 @@ def test_every_row_has_the_fields_and_its_folds():
         want = {(s, f) for s in r["seeds"] for f in (range(6) if r["protocol"] == "cv6" else [None])}
         assert folds == want, f"{r['model']} {r['protocol']}: runs {sorted(folds, key=str)} != {sorted(want, key=str)}"
         assert r["leaky"] == (r["protocol"] == "random")
+
+
+def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_npz, monkeypatch):
+    """A benchmark model cut off mid-run (end of a session) resumes from last.pt, not from scratch."""
+    import numpy as np
+    import torch
+
+    import bench_accuracy
+    from bench_accuracy import train_one
+    from har_vit.stages.train import TrainConfig, run
+    from har_vit.stages.windows import WindowConfig, import_npz, load_windows
+
+    wdir = tmp_path / "w"
+    import_npz(WindowConfig(), windows_npz, wdir)
+    w = load_windows(wdir)
+    cfg = TrainConfig(model="tiny", epochs=2, batch_size=32, progress=False, threads=1, warmup_epochs=0, patience=0)
+    whole = train_one(cfg, wdir, tmp_path / "whole", w)
+    run(cfg, wdir, tmp_path / "cut", stop_after=1)
+    calls = []
+    monkeypatch.setattr(bench_accuracy, "run", lambda *a, **k: calls.append(k) or run(*a, **k))
+    carried = train_one(cfg, wdir, tmp_path / "cut", w)
+    assert calls == [{"resume": True}]  # carried on from last.pt, not started again
+    drop = ("train_seconds",)
+    assert {k: v for k, v in carried.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}
+    a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("whole", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # A finished run is scored again, not retrained, and not refused as "already holds a run".
+    again = train_one(cfg, wdir, tmp_path / "cut", w)
+    assert len(calls) == 1
+    assert np.isclose(again["accuracy"], whole["accuracy"]) and again["best_epoch"] == whole["best_epoch"]
