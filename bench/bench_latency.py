@@ -1,19 +1,23 @@
 #!/usr/bin/env python
 """Inference latency of each runtime side by side, in one run: eager PyTorch, frozen TorchScript,
-onnxruntime (as ``predict`` and ``evaluate`` use it), and a CUDA graph when a GPU is present.
+onnxruntime (as ``predict`` uses it; ``evaluate`` fixes the batch dimension, a row of its own),
+and a CUDA graph when a GPU is present.
 
-For each model and batch size every runtime gets the same random windows, ``--warmup``
+Each model and batch size is timed in a fresh process (batch-1 figures were about 1.5x worse
+after batch-256 runs in the same process); there every runtime gets the same random windows, ``--warmup``
 untimed calls and ``--repeats`` timed ones (median and p90 of per-call wall time; CUDA
 calls synchronised). Runtimes other than eager are first held to eager's logits (relative
 difference, as in ``har_vit.core.runtime``). Writes ``bench/results/latency_<device>.json``
 with the machine, versions, threads, batch sizes and repeats.
 
     python bench/bench_latency.py                                  # tiny and seed, batch 1 and 256, torch's threads
-    python bench/bench_latency.py --threads 1 --models tiny --out bench/results/latency_cpu_threads1.json
+    python bench/bench_latency.py --threads 1 --out bench/results/latency_cpu_threads1.json
 """
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +36,7 @@ from har_vit.stages.export import INPUT_NAME, RawInputModel  # noqa: E402
 
 TARGETS_MS = {("cpu", "tiny"): 0.25, ("cpu", "seed"): 1.0, ("cuda", "tiny"): 0.15, ("cuda", "seed"): 0.15}
 NORM = {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+ROWS_MARK = "bench_latency rows: "
 
 
 def torchscript(model: torch.nn.Module, window: int, channels: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -82,6 +87,49 @@ def time_calls(run: Callable[[Any], Any], x: Any, repeats: int, warmup: int, cud
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean())}
 
 
+def fixed_session(model: torch.nn.Module, T: int, C: int, threads: int, batch: int) -> Callable[[Any], Any]:
+    sess, _ = onnxruntime_session(model, NORM, T, C, threads, batch=batch)
+    return lambda x: sess.run(None, {INPUT_NAME: x})[0]
+
+
+def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, device: str) -> list[dict[str, Any]]:
+    """Every runtime of model ``name`` at ``batch``, timed on the same windows: one row each."""
+    cuda = device == "cuda"
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    T, C = model.cfg.window, model.cfg.channels
+    runtimes: dict[str, Callable[[], Callable[[Any], Any]]] = {}
+    if cuda:
+        ref = eager(model, NORM, torch.device("cuda"))
+        runtimes["eager PyTorch (CUDA)"] = lambda: ref
+        runtimes["CUDA graph"] = lambda: cuda_graph(model, batch, T, C)
+    else:
+        ref = eager(model, NORM)
+        runtimes["eager PyTorch"] = lambda: ref
+        runtimes["TorchScript (traced, frozen)"] = lambda: torchscript(model, T, C)
+        try:
+            sess, ort_name = onnxruntime_session(model, NORM, T, C, threads)
+            runtimes[ort_name] = lambda: (lambda x: sess.run(None, {INPUT_NAME: x})[0])
+            # What evaluate's latency table uses: a session whose batch dimension is fixed to the batch.
+            runtimes[ort_name + ", batch fixed"] = lambda: fixed_session(model, T, C, threads, batch)
+        except ImportError:
+            print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
+    x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
+    want = ref(x)
+    rows = []
+    for rt_name, make in runtimes.items():
+        run = make()
+        got = run(x)
+        got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
+        stats = time_calls(run, x, repeats, warmup, cuda)
+        target = TARGETS_MS.get((device, name)) if batch == 1 else None
+        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
+                     "runtime": rt_name, **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
+                     "parity_vs_eager": relative_diff(got, want), "target_ms": target,
+                     "meets_target": None if target is None else stats["median_ms"] <= target})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["tiny", "seed"])
@@ -91,55 +139,40 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "MODEL:BATCH", rows as JSON on stdout
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     threads = torch.get_num_threads()
-    cuda = a.device == "cuda"
-    if cuda and not torch.cuda.is_available():
+    if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_latency: --device cuda but torch sees no GPU")
+    if a.one:
+        name, batch = a.one.split(":")
+        print(ROWS_MARK + json.dumps(measure(name, int(batch), threads, a.repeats, a.warmup, a.device)))
+        return
     rows = []
     for name in a.models:
-        torch.manual_seed(0)
-        model = create_model(name).eval()
-        T, C = model.cfg.window, model.cfg.channels
-        runtimes: dict[str, Callable[[int], Callable[[Any], Any]]] = {}
-        if cuda:
-            ref = eager(model, NORM, torch.device("cuda"))
-            runtimes["eager PyTorch (CUDA)"] = lambda b, ref=ref: ref
-            runtimes["CUDA graph"] = lambda b: cuda_graph(model, b, T, C)
-        else:
-            ref = eager(model, NORM)
-            runtimes["eager PyTorch"] = lambda b, ref=ref: ref
-            runtimes["TorchScript (traced, frozen)"] = lambda b, ts=torchscript(model, T, C): ts
-            try:
-                sess, ort_name = onnxruntime_session(model, NORM, T, C, threads)
-                runtimes[ort_name] = lambda b, sess=sess: (lambda x: sess.run(None, {INPUT_NAME: x})[0])
-            except ImportError:
-                print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
         for batch in a.batches:
-            x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
-            want = ref(x)
-            for rt_name, make in runtimes.items():
-                run = make(batch)
-                got = run(x)
-                got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-                stats = time_calls(run, x, a.repeats, a.warmup, cuda)
-                target = TARGETS_MS.get((a.device, name)) if batch == 1 else None
-                row = {"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
-                       "runtime": rt_name, **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
-                       "parity_vs_eager": relative_diff(got, want), "target_ms": target,
-                       "meets_target": None if target is None else stats["median_ms"] <= target}
+            # A fresh process per (model, batch): measured here, batch-1 latency of every runtime was
+            # about 1.5x worse when batch-256 runs had gone before it in the same process.
+            cmd = [sys.executable, __file__, "--one", f"{name}:{batch}", "--threads", str(threads), "--repeats",
+                   str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            found = [ln for ln in done.stdout.splitlines() if ln.startswith(ROWS_MARK)]
+            if done.returncode or not found:
+                sys.exit(f"bench_latency: {name} at batch {batch} failed:\n{done.stderr[-2000:]}")
+            for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
                 rows.append(row)
-                print(f"{name:5s} batch {batch:4d}  {rt_name:52s} median {stats['median_ms']:8.3f} ms  "
-                      f"p90 {stats['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
+                target = row["target_ms"]
+                print(f"{name:5s} batch {batch:4d}  {row['runtime']:52s} median {row['median_ms']:8.3f} ms  "
+                      f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
                       + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
                       flush=True)
     out = Path(a.out) if a.out else RESULTS / f"latency_{a.device}.json"
     write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device, "threads": threads,
                      "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches, "dtype": "float32",
                      "input": "random windows (batch, 128, 3); normalisation inside every runtime",
-                     "rows": rows})
+                     "process": "a fresh process per model and batch size", "rows": rows})
     print(f"-> {out}")
 
 

@@ -40,6 +40,37 @@ def test_onnxruntime_logits_equal_eager_pytorch(name):
     assert rt(x[:1]).shape == (1, 6)  # batch 1, as in the latency table
 
 
+@pytest.mark.parametrize("name", ["tiny", "seed"])
+def test_a_session_with_its_batch_fixed_equals_eager_and_takes_only_that_batch(name):
+    model = trained_like(name)
+    x = (np.random.default_rng(2).standard_normal((6, 64, 3)) * 4 + NORM["mean"]).astype(np.float32)
+    ref = runtime.eager(model, NORM)(x)
+    one = runtime.fast_runtime(model, NORM, "auto", threads=1, batch=1)
+    assert one.name.endswith(", batch fixed to 1)") and one.parity <= runtime.TOLERANCE
+    got = np.concatenate([one(x[i:i + 1]) for i in range(len(x))])
+    assert runtime.relative_diff(got, ref) <= 1e-5 and (got.argmax(1) == ref.argmax(1)).all()
+    with pytest.raises(Exception, match="(?i)dimension|shape"):  # onnxruntime refuses another batch size
+        one(x[:2])
+    three = runtime.fast_runtime(model, NORM, "auto", threads=1, batch=3)  # 64 check windows: not whole batches of 3
+    assert three.parity <= runtime.TOLERANCE and runtime.relative_diff(three(x[:3]), ref[:3]) <= 1e-5
+
+
+def test_the_onnx_graph_has_no_one_dimensional_convolution(tmp_path):
+    """onnxruntime runs 1-D depthwise convs on a slow generic kernel: the export writes them as 2-D ones."""
+    import onnx
+
+    from har_vit.stages.export import RawInputModel, write_onnx
+
+    for name in ("tiny", "seed"):
+        model = trained_like(name)
+        write_onnx(RawInputModel(model, NORM), torch.zeros(1, 64, 3), tmp_path / f"{name}.onnx", runtime.OPSET)
+        graph = onnx.load(str(tmp_path / f"{name}.onnx")).graph
+        ranks = {i.name: len(i.dims) for i in graph.initializer}
+        convs = [n for n in graph.node if n.op_type == "Conv"]
+        assert all(ranks.get(n.input[1], 4) == 4 for n in convs), name
+    assert any(isinstance(m, torch.nn.Conv1d) for m in trained_like("tiny").modules())  # training keeps its Conv1d
+
+
 def test_eager_when_asked_and_on_a_gpu_device():
     model = trained_like("tiny")
     assert runtime.fast_runtime(model, NORM, "eager").name == "eager PyTorch"

@@ -5,7 +5,8 @@ On the CPU, onnxruntime runs the model (with its train normalisation inside, as
 Python between the operators and its graph optimiser fuses them. The ONNX graph is made
 in memory with torch's TorchScript-based exporter (opset 17, well under a second; the
 dynamo exporter takes seconds), the session is set for small batches (``threads``
-intra-op threads, one inter-op thread, sequential execution, every graph optimisation),
+intra-op threads, one inter-op thread, sequential execution, every graph optimisation,
+and optionally one fixed batch size, so that shape arithmetic folds away),
 and the model is used only if its logits on check windows equal eager PyTorch's within
 ``tolerance`` (largest absolute difference over ``max(1, largest absolute logit)``).
 Otherwise, or without onnxruntime, or on a GPU, eager PyTorch runs, and the reason is
@@ -62,11 +63,16 @@ def eager(model: nn.Module, norm: Mapping[str, Any], device: torch.device | None
 
 
 def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, channels: int,
-                        threads: int | None = None) -> tuple[Any, str]:
-    """An onnxruntime session of ``model`` with ``norm`` inside, and its description. ImportError without onnxruntime."""
+                        threads: int | None = None, batch: int | None = None) -> tuple[Any, str]:
+    """An onnxruntime session of ``model`` with ``norm`` inside, and its description. ImportError without onnxruntime.
+
+    ``batch``: fix the graph's batch dimension to this size. The session then takes only
+    batches of that size, and its optimiser folds away the shape arithmetic a symbolic batch
+    needs (about half the graph's nodes), which is most of the time at batch 1.
+    """
     import onnxruntime as ort
 
-    from har_vit.stages.export import INPUT_NAME, RawInputModel, write_onnx
+    from har_vit.stages.export import BATCH_AXIS, INPUT_NAME, RawInputModel, write_onnx
 
     threads = threads or torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="har-vit-onnx-") as tmp:
@@ -78,9 +84,12 @@ def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, 
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        if batch is not None:
+            so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
         sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == INPUT_NAME
-    return sess, f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET})"
+    fixed = "" if batch is None else f", batch fixed to {batch}"
+    return sess, f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET}{fixed})"
 
 
 def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -89,12 +98,15 @@ def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto", device: torch.device | None = None,
-                 threads: int | None = None, check: np.ndarray | None = None, tolerance: float = TOLERANCE) -> Runtime:
+                 threads: int | None = None, check: np.ndarray | None = None, tolerance: float = TOLERANCE,
+                 batch: int | None = None) -> Runtime:
     """The runtime to use for ``model`` (see the module docstring).
 
     ``runtime``: ``auto`` (onnxruntime on the CPU when installed and equal, else eager),
     ``onnxruntime`` (a UsageError when it is not installed), or ``eager``. ``check``: the
     windows the parity check runs on (default: 64 random windows at the model's scale).
+    ``batch``: an onnxruntime session for batches of exactly this size (faster at batch 1,
+    see :func:`onnxruntime_session`); the parity check then runs in batches of that size.
     The choice never depends on timing, so the same input gives the same output on a machine
     (``bench/bench_latency.py`` measures which is faster where).
     """
@@ -109,7 +121,7 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     cfg = getattr(model, "cfg", None)
     window, channels = int(getattr(cfg, "window", 0)), int(getattr(cfg, "channels", 0))
     try:
-        sess, name = onnxruntime_session(model, norm, window, channels, threads)
+        sess, name = onnxruntime_session(model, norm, window, channels, threads, batch)
     except ImportError:
         if runtime == "onnxruntime":
             raise UsageError("--runtime onnxruntime: onnxruntime is not installed (pip install onnxruntime, "
@@ -129,7 +141,10 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
         mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
         check = (np.random.default_rng(0).standard_normal((CHECK_WINDOWS, window, channels)) * std + mean)
     check = np.ascontiguousarray(check[:CHECK_WINDOWS], dtype=np.float32)
-    diff = max(relative_diff(run(check[i:i + 16]), reference(check[i:i + 16])) for i in range(0, len(check), 16))
+    step = batch or 16
+    if batch is not None and len(check) % batch:  # whole batches of the fixed size: repeat windows to fill the last
+        check = np.resize(check, (-(-len(check) // batch) * batch, *check.shape[1:]))
+    diff = max(relative_diff(run(check[i:i + step]), reference(check[i:i + step])) for i in range(0, len(check), step))
     if diff > tolerance:
         note = f"{name} differs from eager PyTorch by {diff:.1e} (> {tolerance:g}): eager PyTorch"
         if runtime == "onnxruntime":

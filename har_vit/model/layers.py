@@ -41,6 +41,14 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(1, dim, kernel_size=(kernel, axes), stride=(patch, axes), padding=((kernel - patch) // 2, 0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel, patch = self.proj.kernel_size[0], self.proj.stride[0]
+        if torch.onnx.is_in_onnx_export() and kernel == patch and self.proj.kernel_size[1] == 1:
+            # The same map for onnxruntime without transposing the conv's output: each axis's
+            # patches times the (patch, D) weight. Only in an ONNX export (the parity check holds
+            # the graph to eager); training and eager inference keep the conv.
+            B, T, C = x.shape
+            w = self.proj.weight.reshape(self.proj.out_channels, patch).t()  # (patch, D)
+            return x.reshape(B, T // patch, patch, C).permute(0, 3, 1, 2) @ w + self.proj.bias  # (B, C, N, D)
         x = self.proj(x.unsqueeze(1))  # (B, 1, T, C) -> (B, D, N, G), G = C // axes
         return x.permute(0, 3, 2, 1)  # (B, G, N, D)
 
@@ -135,7 +143,14 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)  # (B, N, H)
-        if self.conv is not None:
+        if self.conv is not None and torch.onnx.is_in_onnx_export():
+            # The same depthwise conv as a 2D one over (B, H, N, 1): onnxruntime has a fast
+            # blocked kernel for 2D depthwise convs and a slow generic one for 1D.
+            c = self.conv
+            y = F.conv2d(x.transpose(1, 2).unsqueeze(-1), c.weight.unsqueeze(-1), c.bias, padding=(c.padding[0], 0),
+                         groups=c.groups)
+            x = x + y.squeeze(-1).transpose(1, 2)
+        elif self.conv is not None:
             x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)  # conv wants (B, H, N)
         return self.drop(self.fc2(self.drop(self.act(x))))
 

@@ -54,6 +54,7 @@ from har_vit.core.schema import as_dict
 FORMATS = ("torchscript", "onnx")
 FILENAMES = {"torchscript": "model.torchscript.pt", "onnx": "model.onnx"}
 INPUT_NAME, OUTPUT_NAME = "windows", "logits"
+BATCH_AXIS = "batch"  # the name of the symbolic batch dimension (onnxruntime can fix it by this name)
 MIN_OPSET = 17
 DYNAMO_MIN_OPSET = 18  # torch's dynamo ONNX exporter has no opset-17 translations (its down-conversion fails on Pad)
 TRACE_BATCH = 2
@@ -128,11 +129,11 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int)
         if opset >= DYNAMO_MIN_OPSET:
             torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=True, external_data=False, verbose=False,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+                              dynamic_shapes=({0: torch.export.Dim(BATCH_AXIS)},))
         else:
             torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               opset_version=opset, dynamo=False,
-                              dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                              dynamic_axes={INPUT_NAME: {0: BATCH_AXIS}, OUTPUT_NAME: {0: BATCH_AXIS}})
 
 
 def check_onnx(path: Path, opset: int, window: int, channels: int) -> None:
