@@ -138,8 +138,18 @@ def windows(**kw: Any) -> None:
     cfg = build(stage.WindowConfig, v)
     if v["in_dir"]:
         m = stage.run(cfg, v["in_dir"], v["out"])
+    elif v.get("dataset") == "npz" or str(v["data_path"] or "").endswith(".npz"):
+        from har_vit import datasets
+        from har_vit.core.workspace import Workspace
+        from har_vit.stages.ingest import IngestConfig
+
+        # The same checks and messages as ingest and run give for --dataset npz.
+        ing = build(IngestConfig, {"data_dir": Workspace.at(v.get("workdir")).data}, v, {"progress": False})
+        source = datasets.resolve("npz", ing.dataset_options())
+        m = stage.import_npz(cfg, source.windows_npz, v["out"])
     elif v["data_path"]:
-        m = stage.import_npz(cfg, v["data_path"], v["out"])
+        raise UsageError(f"windows reads windows, not raw logs: for {v['data_path']} run ingest first (python "
+                         "pipeline.py ingest --dataset ... --data-path ...), or pass --dataset npz for an .npz of windows")
     else:
         raise UsageError("give --in INGEST_FOLDER (or --dataset npz --data-path FILE.npz)")
     from har_vit.core.summary import command_summary

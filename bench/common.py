@@ -1,33 +1,18 @@
 """Helpers shared by the training benchmarks: the machine a figure was measured on, data, output."""
 from __future__ import annotations
 
-import os
-import platform
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 if str(ROOT) not in sys.path:  # run as `python bench/x.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from har_vit.core.efficiency import cpu_model_name  # noqa: E402
+from har_vit.core.efficiency import machine  # noqa: E402,F401 - the benchmarks' import
 from har_vit.stages.windows import WindowConfig, import_npz  # noqa: E402
-
-
-def machine() -> dict[str, Any]:
-    """What a timing depends on: CPU, cores, torch threads, GPU, versions, and the load at the time."""
-    return {
-        "cpu": cpu_model_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "torch": torch.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-        "python": platform.python_version(),
-    }
 
 
 def synthetic_windows(folder: Path, n: int, window: int = 128, channels: int = 3, classes: int = 6,

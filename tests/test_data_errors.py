@@ -82,6 +82,18 @@ def test_npz_file_missing_names_what_runs_now(tmp_path):
                    f"to run now without it: {wisdm_alt(tmp_path)} or {WISDM2019}")
 
 
+def test_windows_command_checks_its_npz_as_ingest_does(tmp_path):
+    missing = tmp_path / "w.npz"
+    rc, err = cli("windows", "--workdir", tmp_path, "--dataset", "npz", "--data-path", missing, "--out", tmp_path / "o")
+    assert one_line_error(rc, err) == (f"error: {missing}: file not found; pass an .npz with arrays X, y, subject, "
+                                       f"class_names; to run now without it: {wisdm_alt(tmp_path)} or {WISDM2019}")
+    log = tmp_path / "log.txt"
+    log.write_text("33,Jogging,49105962326000,-0.6946377,12.680544,0.50395286;\n")
+    rc, err = cli("windows", "--workdir", tmp_path, "--data-path", log, "--out", tmp_path / "o")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+    assert err.startswith(f"error: windows reads windows, not raw logs: for {log} run ingest first")
+
+
 def test_npz_without_data_path_names_what_runs_now(tmp_path):
     rc, err = cli("ingest", "--workdir", tmp_path, "--dataset", "npz", "--out", tmp_path / "o")
     assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err

@@ -188,6 +188,7 @@ def test_cut_connection_is_rejected_and_nothing_kept(server, data_dir):
     with pytest.raises(DownloadError, match=rf"truncated download, got {len(body) // 2} of {len(body)} bytes"):
         resolve_wisdm(None, data_dir, url=url, progress=False, timeout=5)
     assert files_under(data_dir) == []
+    assert not (data_dir.parent).exists()  # nor the folders the download would have gone into
 
 
 def test_cut_archive_is_rejected_by_tar_integrity(server, data_dir):
@@ -276,11 +277,13 @@ def test_unreachable_server_says_where_to_put_the_file(data_dir, monkeypatch):
     assert msg.startswith(f"cannot reach {url} (")
     assert f"download {ARCHIVE_NAME} by hand and put it in {data_dir}/, or pass --data-path PATH" in msg
     assert "\n" not in msg
+    assert not data_dir.parent.exists()  # a failed download leaves no empty data/raw/ behind
 
 
 def test_http_error_is_reported(server, data_dir):
     with pytest.raises(DownloadError, match=r"HTTP 404 .*by hand"):
         resolve_wisdm(None, data_dir, url=server.url("/nothing-here"), timeout=5)
+    assert not data_dir.parent.exists()
 
 
 def test_download_checks_size_and_sha(server, tmp_path):

@@ -23,6 +23,7 @@ device, threads, batch and repeat count is not a figure anyone can compare:
 from __future__ import annotations
 
 import copy
+import os
 import platform
 import time
 from pathlib import Path
@@ -76,6 +77,17 @@ def cpu_model_name() -> str:
             if line.lower().startswith("model name"):
                 return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def machine() -> dict[str, Any]:
+    """What a timing depends on: CPU, cores, torch threads, GPU, versions, and the load at the time."""
+    return {
+        "cpu": cpu_model_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "load_average_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+    }
 
 
 def resolve_device(name: str) -> torch.device:

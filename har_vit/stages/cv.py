@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from har_vit.core import results
+from har_vit.core.efficiency import machine
 from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import write_json
 from har_vit.core.runid import new_run_id
@@ -60,19 +61,6 @@ def recipe_of(cfg: Any) -> str:
     changed = [f.name for f in dataclasses.fields(cfg)
                if f.name not in ignored and getattr(cfg, f.name) != getattr(defaults, f.name)]
     return "default" if not changed else "custom: " + ", ".join(f"{n}={getattr(cfg, n)}" for n in changed)
-
-
-def _machine() -> dict[str, Any]:
-    import os
-    import platform
-
-    import torch
-
-    from har_vit.core.efficiency import cpu_model_name
-
-    return {"cpu": cpu_model_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "torch": torch.__version__, "python": platform.python_version()}
 
 
 def _windows(values: Mapping[str, Any], out: Path, echo: Callable[[str], None]) -> Path:
@@ -146,7 +134,7 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, command:
         echo(f"[{len(runs)}/{len(jobs)}] seed {seed} fold {k} (test users {', '.join(map(str, test_users))}): "
              f"accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, best epoch {man.get('best_epoch')} "
              f"of {man.get('epochs_run')}")
-    row = results.summarise(base.model, recipe_of(base), f"cv{len(folds)}", runs, base.epochs, command, _machine())
+    row = results.summarise(base.model, recipe_of(base), f"cv{len(folds)}", runs, base.epochs, command, machine())
     result = {"rows": [row], "stacked": stacked, "folds": [list(f) for f in folds], "seeds": list(seeds),
               "windows": str(windows), "seconds": round(time.perf_counter() - t0, 1),
               "train_seconds": round(train_s, 1), "trained_now": len(todo), "out": str(out)}
