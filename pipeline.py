@@ -138,7 +138,7 @@ def windows(**kw: Any) -> None:
     cfg = build(stage.WindowConfig, v)
     if v["in_dir"]:
         m = stage.run(cfg, v["in_dir"], v["out"])
-    elif v.get("dataset") == "npz" or str(v["data_path"] or "").endswith(".npz"):
+    elif v.get("dataset") == "npz" or str(v["data_path"] or "").lower().endswith(".npz"):
         from har_vit import datasets
         from har_vit.core.workspace import Workspace
         from har_vit.stages.ingest import IngestConfig

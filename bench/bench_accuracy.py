@@ -50,6 +50,7 @@ from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
+from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
 from har_vit.core.inference import labels  # noqa: E402
@@ -117,15 +118,21 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
     """The real trainer, then the test split of its best.pt.
 
     A run folder left by an interrupted grid is carried on, not started again: a finished run
-    (manifest written) is only scored, an unfinished one resumes from its ``last.pt`` (bit-exact on
-    CPU), and one that never reached the end of its first epoch starts afresh.
+    (manifest written) is only scored, an unfinished one resumes from its ``last.pt`` (on CPU with
+    the same threads, bit-exact), and one that never reached the end of its first epoch starts
+    afresh. A resume the trainer refuses (another device type, changed options or windows: the
+    tag does not hold them all) starts the model again, and says so.
     """
+    m = None
     if (run_dir / MANIFEST).is_file():
         m = read_manifest(run_dir, "train")
     elif (run_dir / "last.pt").is_file():
         print(f"resuming {run_dir} from its last.pt", flush=True)
-        m = run(cfg, windows, run_dir, resume=True)
-    else:
+        try:
+            m = run(cfg, windows, run_dir, resume=True)
+        except UsageError as e:
+            print(f"cannot resume {run_dir} ({e}); training it again from the start", flush=True)
+    if m is None:
         if run_dir.exists():
             shutil.rmtree(run_dir)
         m = run(cfg, windows, run_dir)

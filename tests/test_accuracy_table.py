@@ -37,6 +37,8 @@ def test_every_row_has_the_fields_and_its_folds():
 
 def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_npz, monkeypatch):
     """A benchmark model cut off mid-run (end of a session) resumes from last.pt, not from scratch."""
+    import dataclasses
+
     import numpy as np
     import torch
 
@@ -63,3 +65,8 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     again = train_one(cfg, wdir, tmp_path / "cut", w)
     assert len(calls) == 1
     assert np.isclose(again["accuracy"], whole["accuracy"]) and again["best_epoch"] == whole["best_epoch"]
+    # A resume the trainer refuses (here: other options than the cut run's) trains the model again.
+    run(cfg, wdir, tmp_path / "other", stop_after=1)
+    changed = dataclasses.replace(cfg, lr=cfg.lr * 2)
+    redone = train_one(changed, wdir, tmp_path / "other", w)
+    assert calls[-2:] == [{"resume": True}, {}] and redone["epochs_run"] == 2

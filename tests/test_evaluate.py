@@ -327,6 +327,29 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     assert "logits within" in row["how"] and "onnxruntime" in row["how"]
 
 
+def test_a_batch_size_whose_fast_runtime_falls_back_is_named_and_the_others_kept(evaluated, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
+    from har_vit.core import runtime
+
+    src, _ = evaluated
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    real = runtime.fast_runtime
+
+    def differs_at_4(*a, **kw):  # as if onnxruntime's logits at batch 4 were off: eager, with the reason
+        rt = real(*a, **kw)
+        if kw.get("batch") == 4:
+            return runtime.Runtime("eager PyTorch", rt.run, note="onnxruntime differs from eager PyTorch by 1e-2")
+        return rt
+
+    monkeypatch.setattr(runtime, "fast_runtime", differs_at_4)
+    m = run(EvalConfig(device="cpu", latency_batch_sizes=(1, 4), threads=1), run_dir)
+    fast = m["latency_ms"]["cpu_onnxruntime"]
+    assert "batch_1" in fast and "batch_4" not in fast and fast["parity"] <= 1e-4
+    assert m["measured_with"]["fast_runtime"] == "batch 4: onnxruntime differs from eager PyTorch by 1e-2"
+    assert set(m["latency_ms"]["cpu"]) >= {"batch_1", "batch_4"}  # eager PyTorch is timed at every batch size
+
+
 def test_efficiency_counts_match_the_model_and_the_article():
     seed = create_model("seed")
     total, trainable = efficiency.count_params(seed)

@@ -66,9 +66,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
-    made = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # folders this write creates
-    path.parent.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []  # the folders this write created, deepest first
     try:
+        for d in reversed([d for d in (path.parent, *path.parent.parents) if not d.exists()]):
+            try:
+                d.mkdir()
+            except FileExistsError:  # made meanwhile by another writer: theirs, not ours to remove
+                continue
+            made.insert(0, d)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; artefacts get the usual mode
         os.close(fd)

@@ -5,8 +5,10 @@ groups (one per accelerometer axis, or one for all axes together) are folded int
 the batch by the model, so every layer here sees plain sequences.
 
 Everything is export-friendly: no Python branch depends on a tensor's values, only
-on shapes and module settings, so ``torch.jit.trace``, ``torch.export`` and ONNX all
-record the same graph the eager model runs.
+on shapes, module settings and whether an ONNX export is running. ``torch.jit.trace`` and
+``torch.export`` record the graph the eager model runs; an ONNX export records the same
+function, with two layers written in forms onnxruntime runs faster (each export's logits
+are checked against eager PyTorch before use).
 """
 from __future__ import annotations
 
@@ -47,8 +49,9 @@ class PatchEmbed(nn.Module):
             # patches times the (patch, D) weight. Only in an ONNX export (the parity check holds
             # the graph to eager); training and eager inference keep the conv.
             B, T, C = x.shape
+            N = T // patch  # samples past the last whole patch are dropped, as the strided conv drops them
             w = self.proj.weight.reshape(self.proj.out_channels, patch).t()  # (patch, D)
-            return x.reshape(B, T // patch, patch, C).permute(0, 3, 1, 2) @ w + self.proj.bias  # (B, C, N, D)
+            return x[:, :N * patch].reshape(B, N, patch, C).permute(0, 3, 1, 2) @ w + self.proj.bias  # (B, C, N, D)
         x = self.proj(x.unsqueeze(1))  # (B, 1, T, C) -> (B, D, N, G), G = C // axes
         return x.permute(0, 3, 2, 1)  # (B, G, N, D)
 
