@@ -87,8 +87,7 @@ def time_calls(run: Callable[[Any], Any], x: Any, repeats: int, warmup: int, cud
     return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean())}
 
 
-def fixed_session(model: torch.nn.Module, T: int, C: int, threads: int, batch: int) -> Callable[[Any], Any]:
-    sess, _ = onnxruntime_session(model, NORM, T, C, threads, batch=batch)
+def ort_call(sess: Any) -> Callable[[Any], Any]:
     return lambda x: sess.run(None, {INPUT_NAME: x})[0]
 
 
@@ -109,9 +108,10 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
         runtimes["TorchScript (traced, frozen)"] = lambda: torchscript(model, T, C)
         try:
             sess, ort_name = onnxruntime_session(model, NORM, T, C, threads)
-            runtimes[ort_name] = lambda: (lambda x: sess.run(None, {INPUT_NAME: x})[0])
+            runtimes[ort_name] = lambda: ort_call(sess)
             # What evaluate's latency table uses: a session whose batch dimension is fixed to the batch.
-            runtimes[ort_name + ", batch fixed"] = lambda: fixed_session(model, T, C, threads, batch)
+            runtimes[ort_name + ", batch fixed"] = lambda: ort_call(
+                onnxruntime_session(model, NORM, T, C, threads, batch=batch)[0])
         except ImportError:
             print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
     x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)

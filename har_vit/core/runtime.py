@@ -88,8 +88,15 @@ def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, 
             so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
         sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == INPUT_NAME
-    fixed = "" if batch is None else f", batch fixed to {batch}"
-    return sess, f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET}{fixed})"
+    return sess, describe_onnxruntime(threads, "" if batch is None else f"batch fixed to {batch}")
+
+
+def describe_onnxruntime(threads: int, batch: str = "") -> str:
+    """How an onnxruntime session here runs, e.g. ``onnxruntime 1.32.0 (CPU, 2 threads, opset 17)``."""
+    import onnxruntime as ort
+
+    return f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET}" + (
+        f", {batch})" if batch else ")")
 
 
 def relative_diff(a: np.ndarray, b: np.ndarray) -> float:

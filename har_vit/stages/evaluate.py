@@ -298,7 +298,7 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
 def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray,
                        cfg: EvalConfig) -> None:
     """Add ``cpu_onnxruntime`` latency beside eager PyTorch's when onnxruntime runs the model with equal logits."""
-    from har_vit.core.runtime import fast_runtime
+    from har_vit.core.runtime import describe_onnxruntime, fast_runtime
 
     saved = torch.get_num_threads()
     if cfg.threads is not None:
@@ -322,10 +322,9 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
         torch.set_num_threads(saved)
     if not passed:
         return
-    batch, rt = next(iter(passed.items()))
-    name = rt.name.replace(f", batch fixed to {batch}", ", a session per batch size with that size fixed")
-    parity = max(r.parity for r in passed.values())
-    lat.update(threads=cfg.threads or saved, runtime=name, parity=parity)
+    threads = cfg.threads or saved
+    lat.update(threads=threads, runtime=describe_onnxruntime(threads, "a session per batch size with that size fixed"),
+               parity=max(r.parity for r in passed.values()))
     eff["latency_ms"]["cpu_onnxruntime"] = lat
     eff["throughput_windows_per_s"]["cpu_onnxruntime"] = thr
 
