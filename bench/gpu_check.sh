@@ -40,7 +40,7 @@ if [ "$QUICK" = 1 ]; then
   LAT=(--repeats 100 --warmup 2 --models tiny)
   ACC=(--seeds 0 --epochs 1)
 else
-  TESTS="tests/test_augment.py tests/test_train.py tests/test_evaluate.py tests/test_doctor.py tests/test_stacked.py"
+  TESTS="tests/test_graphs.py tests/test_augment.py tests/test_train.py tests/test_evaluate.py tests/test_doctor.py tests/test_stacked.py"
   TRAIN=(--stack-folds 6 --stack-seeds 3 --stack-epochs 5)
   LAT=()
   ACC=()
@@ -48,7 +48,7 @@ fi
 
 # 1. The tests that need a GPU (and the stacked trainer's tests on the machine's CPU).
 step tests 240 python -m pytest -q -p no:cacheprovider -x $TESTS
-# 2. Training throughput: on-device trainer vs DataLoader, 100 real epochs, 18 CV models stacked vs sequential.
+# 2. Training throughput: on-device trainer vs DataLoader vs CUDA-graph trainer, 100 real epochs, 18 CV models stacked vs sequential.
 step bench_train 300 python bench/bench_train.py --devices "$DEVICE" --models tiny seed "${TRAIN[@]}" \
   --out "$OUT/train_$DEVICE.json"
 # 3. Latency: eager vs TorchScript vs CUDA graph at batch 1 and 256.

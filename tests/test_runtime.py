@@ -114,3 +114,35 @@ def test_without_onnxruntime_auto_falls_back_and_onnxruntime_is_a_usage_error(mo
     assert rt.name == "eager PyTorch" and "not installed" in rt.note
     with pytest.raises(UsageError, match="onnxruntime is not installed"):
         runtime.fast_runtime(model, NORM, "onnxruntime")
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 13])
+def test_fixed_batches_give_every_window_its_own_logits_whatever_the_count(n):
+    # What a CUDA graph (one static batch size) relies on: cut, pad the last batch, drop the padding.
+    model = create_model("tiny", window=32).eval()
+    ref = runtime.eager(model, NORM)
+    calls = []
+
+    def exactly_four(x):
+        calls.append(len(x))
+        return ref(x)
+
+    x = np.random.default_rng(n).standard_normal((n, 32, 3)).astype(np.float32)
+    got = runtime.in_fixed_batches(exactly_four, x, 4)
+    assert got.shape == (n, 6) and set(calls) == {4} and len(calls) == -(-n // 4)
+    assert runtime.relative_diff(got, ref(x)) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["tiny", "seed"])
+def test_cuda_graph_logits_equal_eager_cuda(name):
+    cuda = torch.device("cuda")
+    model = create_model(name).eval()
+    rt = runtime.fast_runtime(model, NORM, "auto", device=cuda, batch=1)
+    assert rt.name.startswith("CUDA graph") and rt.parity is not None and rt.parity <= runtime.TOLERANCE, rt.note
+    x = np.random.default_rng(0).standard_normal((5, 128, 3)).astype(np.float32)
+    ref = runtime.eager(model, NORM, cuda)(x)
+    assert runtime.relative_diff(rt(x), ref) <= runtime.TOLERANCE
+    big = runtime.fast_runtime(model, NORM, "auto", device=cuda)  # batch 256, a call of 5 is padded
+    assert big.name.endswith("batch fixed to 256)") and runtime.relative_diff(big(x), ref) <= runtime.TOLERANCE

@@ -9,8 +9,10 @@ intra-op threads, one inter-op thread, sequential execution, every graph optimis
 and optionally one fixed batch size, so that shape arithmetic folds away),
 and the model is used only if its logits on check windows equal eager PyTorch's within
 ``tolerance`` (largest absolute difference over ``max(1, largest absolute logit)``).
-Otherwise, or without onnxruntime, or on a GPU, eager PyTorch runs, and the reason is
-kept in :attr:`Runtime.note`.
+On a GPU the forward pass is captured once as a CUDA graph for a fixed batch
+(:func:`cuda_graph_runtime`: a batch-1 call is one replay instead of a few hundred kernel
+launches), held to the same check. Otherwise, or without onnxruntime, eager PyTorch runs,
+and the reason is kept in :attr:`Runtime.note`.
 
 >>> from har_vit.model import create_model
 >>> rt = fast_runtime(create_model("tiny", window=32), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "eager")
@@ -31,6 +33,7 @@ from torch import nn
 from har_vit.core.errors import UsageError
 
 RUNTIMES = ("auto", "onnxruntime", "eager")
+GRAPH_BATCH = 256  # a CUDA graph's batch when none is asked for: bigger calls are cut, smaller ones padded
 OPSET = 17  # the TorchScript-based exporter: fast, and enough for these models
 TOLERANCE = 1e-4
 CHECK_WINDOWS = 64
@@ -99,6 +102,56 @@ def describe_onnxruntime(threads: int, batch: str = "") -> str:
         f", {batch})" if batch else ")")
 
 
+def in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
+    """``run`` (which takes exactly ``batch`` windows) over any number of windows ``x`` (N, T, C).
+
+    ``x`` is cut into batches of ``batch``; the last is padded with zeros, and the padding's
+    outputs are dropped, so the result is ``(N, K)`` whatever N.
+    """
+    if len(x) == 0:
+        return np.zeros((0, 0), np.float32)
+    out = []
+    for i in range(0, len(x), batch):
+        chunk = x[i:i + batch]
+        if len(chunk) < batch:
+            chunk = np.concatenate([chunk, np.zeros((batch - len(chunk), *x.shape[1:]), x.dtype)])
+        out.append(run(chunk)[:min(batch, len(x) - i)])
+    return np.concatenate(out)
+
+
+def cuda_graph_runtime(model: nn.Module, norm: Mapping[str, Any], device: torch.device, batch: int) -> Runtime:
+    """``model`` (normalisation inside) on ``device``, its forward captured once as a CUDA graph for ``batch`` windows.
+
+    A call copies the windows into the graph's static input, replays, and copies the logits
+    back; any number of windows runs in batches of ``batch`` (:func:`in_fixed_batches`). fp32,
+    as eager PyTorch runs it, so the parity check compares like with like.
+    """
+    from har_vit.stages.export import RawInputModel
+
+    cfg = getattr(model, "cfg", None)
+    window, channels = int(getattr(cfg, "window", 0)), int(getattr(cfg, "channels", 0))
+    m = RawInputModel(model, norm).to(device).eval()
+    static = torch.zeros(batch, window, channels, device=device)
+    with torch.inference_mode():
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up off the capture: lazy initialisation, cuBLAS workspaces
+            for _ in range(3):
+                m(static)
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = m(static)  # (batch, K), rewritten by every replay
+
+    def one(x: np.ndarray) -> np.ndarray:
+        static.copy_(torch.from_numpy(x))
+        graph.replay()
+        return out.cpu().numpy()
+
+    return Runtime(f"CUDA graph (torch {torch.__version__}, batch fixed to {batch})",
+                   lambda x: in_fixed_batches(one, x, batch))
+
+
 def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
     """Largest absolute difference over ``max(1, largest absolute value of b)``."""
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b))))) if a.size else 0.0
@@ -114,6 +167,8 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     windows the parity check runs on (default: 64 random windows at the model's scale).
     ``batch``: an onnxruntime session for batches of exactly this size (faster at batch 1,
     see :func:`onnxruntime_session`); the parity check then runs in batches of that size.
+    On CUDA, ``auto`` captures a CUDA graph for ``batch`` windows (:data:`GRAPH_BATCH` when
+    None) and keeps it when its logits equal eager PyTorch's.
     The choice never depends on timing, so the same input gives the same output on a machine
     (``bench/bench_latency.py`` measures which is faster where).
     """
@@ -123,10 +178,25 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     if device.type != "cpu" and runtime == "onnxruntime":
         raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu, or --runtime eager on the GPU")
     reference = eager(model, norm, device)
-    if runtime == "eager" or device.type != "cpu":
+    if runtime == "eager" or device.type not in ("cpu", "cuda"):
         return reference
     cfg = getattr(model, "cfg", None)
     window, channels = int(getattr(cfg, "window", 0)), int(getattr(cfg, "channels", 0))
+    if check is None:
+        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
+        check = (np.random.default_rng(0).standard_normal((CHECK_WINDOWS, window, channels)) * std + mean)
+    check = np.ascontiguousarray(check[:CHECK_WINDOWS], dtype=np.float32)
+    if device.type == "cuda":
+        try:
+            graphed = cuda_graph_runtime(model, norm, device, batch or GRAPH_BATCH)
+        except Exception as e:  # noqa: BLE001 - an op that cannot be captured: say so, run eager
+            return Runtime(reference.name, reference.run,
+                           note=f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}): eager PyTorch")
+        diff = relative_diff(graphed(check), reference(check))
+        if diff > tolerance:
+            return Runtime(reference.name, reference.run,
+                           note=f"{graphed.name} differs from eager PyTorch by {diff:.1e} (> {tolerance:g}): eager PyTorch")
+        return Runtime(graphed.name, graphed.run, parity=diff)
     try:
         sess, name = onnxruntime_session(model, norm, window, channels, threads, batch)
     except ImportError:
@@ -144,10 +214,6 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     def run(x: np.ndarray) -> np.ndarray:
         return sess.run(None, {INPUT_NAME: x})[0]
 
-    if check is None:
-        mean, std = np.asarray(norm["mean"], np.float32), np.asarray(norm["std"], np.float32)
-        check = (np.random.default_rng(0).standard_normal((CHECK_WINDOWS, window, channels)) * std + mean)
-    check = np.ascontiguousarray(check[:CHECK_WINDOWS], dtype=np.float32)
     step = batch or 16
     if batch is not None and len(check) % batch:  # whole batches of the fixed size: repeat windows to fill the last
         check = np.resize(check, (-(-len(check) // batch) * batch, *check.shape[1:]))

@@ -194,6 +194,8 @@ _DECLARED = [
     _o("device", str, "auto", "Where to compute: auto takes CUDA when present.", ("train", "evaluate", "predict"),
        commands=("doctor",), choices=DEVICES),
     _o("compile", bool, False, "torch.compile the model.", "train"),
+    _o("cuda_graph", bool, True, "On CUDA, capture the whole training step once as a CUDA graph and replay it "
+       "(one process, no --compile; falls back to eager steps with a warning).", "train"),
     _o("threads", int, None, "CPU threads for torch [torch's default].", ("train", "evaluate"), commands=("doctor",),
        min=1, nullable=True),
     _o("eval_batch_size", int, 2048, "Validation forward batch during training (memory only).", "train", min=1),
@@ -224,8 +226,8 @@ _DECLARED = [
        multiple=True, min=0),
     _o("sequential", bool, False, "cv: train the models one after another instead of together as one stacked "
        "model (same results to float tolerance; for comparison).", "cv"),
-    _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed and its logits equal "
-       "PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
+    _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed, a CUDA graph on a "
+       "GPU, each only when its logits equal PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
        choices=WHICH),
     _o("predict_batch_size", int, 512, "Windows per forward pass when predicting (memory only, not results).",

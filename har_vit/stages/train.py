@@ -42,7 +42,8 @@ from har_vit.model.variants import CLASSICAL
 from har_vit.training import distributed
 from har_vit.training.augment import AugmentConfig
 from har_vit.training.distributed import DistContext
-from har_vit.training.loop import Data, epoch_batches, evaluate_split, prepare_data, train_epoch
+from har_vit.training.graphs import graphed_step_or_none
+from har_vit.training.loop import Data, epoch_batches, evaluate_split, prepare_data, train_epoch, train_step
 from har_vit.training.objective import set_frozen
 from har_vit.training.parts import (
     build_parts,
@@ -127,6 +128,7 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)
+    graphed = graphed_step_or_none(model, optimizer, loss_fn, device, cfg.cuda_graph, ctx.enabled, cfg.compile)
 
     if ctx.is_main:
         print(f"har_vit train: device {device.type} ({device_label(device)}), {ctx.world} process(es); model "
@@ -142,14 +144,15 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
         while (state.epoch < cfg.epochs and not state.stopped_early
                and (stop_after is None or state.epoch < stop_after)):
             epoch, t0 = state.epoch + 1, time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
+            lr = float(optimizer.param_groups[0]["lr"])  # a device tensor under a CUDA graph
             if cfg.freeze_epochs:
                 set_frozen(model, epoch <= cfg.freeze_epochs)  # from the epoch alone: a resume agrees
             batches = epoch_batches(n_train, cfg.batch_size, shuffle, device, ctx)
             bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", file=sys.stderr,
                        disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
             loss_sum, correct = train_epoch(train_model, optimizer, scheduler, loss_fn, data.X_train, data.y_train,
-                                            batches, device, bar, writer.check if writer is not None else None)
+                                            batches, device, bar, writer.check if writer is not None else None,
+                                            step=graphed or train_step)
             totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx).tolist()  # syncs
             train_s, seen = time.perf_counter() - t0, steps * cfg.batch_size
             state.epoch = epoch
@@ -170,10 +173,18 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
     if not (state.stopped_early or state.epoch >= cfg.epochs):
         return {"stage": "train", "finished": False, "epochs_run": state.epoch, "run_id": state.run_id}
     if ctx.is_main:
-        write_run_manifest(cfg, out, windows_dir, data, model, device, ctx, state, levers_of(parts))
+        write_run_manifest(cfg, out, windows_dir, data, model, device, ctx, state,
+                           {**levers_of(parts), "training_step": step_mode(graphed)})
     distributed.barrier(ctx)  # the other ranks return once the run folder is complete
     return read_manifest(out, "train")
 
+
+
+def step_mode(graphed: Any) -> str:
+    """The manifest's word for how the steps ran: ``"cuda graph"`` or ``"eager"`` (with why, after a failed capture)."""
+    if graphed is None:
+        return "eager"
+    return "cuda graph" if graphed.failed is None else f"eager (cuda graph capture failed: {graphed.failed})"
 
 
 def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, ctx: DistContext,
@@ -202,5 +213,5 @@ def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, c
     print(f"har_vit train: rf fitted on {data.X_train.shape[0]} train windows in {fit_s:.1f} s on the CPU; "
           f"val macro F1 {row['val_macro_f1']:.4f}", file=sys.stderr)
     write_run_manifest(cfg, out, windows_dir, data, model, torch.device("cpu"), ctx, state,
-                    {"augment": None, "teacher": None, "init": None})
+                       {"augment": None, "teacher": None, "init": None, "training_step": "fit"})
     return read_manifest(out, "train")

@@ -85,11 +85,30 @@ def make_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> Callable[
     return loss_fn
 
 
-def autocast_for(device: torch.device) -> ContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU."""
+def autocast_for(device: torch.device, cache: bool = True) -> ContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); full fp32 on CPU.
+
+    ``cache=False`` recasts the weights on every use, as a captured CUDA graph needs.
+    """
     if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
+
+
+def step_body(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, xb: torch.Tensor,
+              target: torch.Tensor, yb: torch.Tensor, device: torch.device,
+              autocast_cache: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward, loss, backward and optimizer step on a prepared batch; (loss * B, correct) as device tensors.
+
+    What a CUDA graph captures (:mod:`har_vit.training.graphs`): no host syncs, no schedule.
+    """
+    with autocast_for(device, autocast_cache):
+        logits = model(xb)  # (B, classes)
+    loss = loss_fn(logits, target, xb)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach() * yb.shape[0], (logits.detach().argmax(1) == yb).sum()
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
@@ -103,23 +122,20 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
     target = yb
     if hasattr(loss_fn, "prepare"):
         xb, target = loss_fn.prepare(xb, yb)
-    with autocast_for(device):
-        logits = model(xb)  # (B, classes)
-    loss = loss_fn(logits, target, xb)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    out = step_body(model, optimizer, loss_fn, xb, target, yb, device)
     scheduler.step()
-    return loss.detach() * yb.shape[0], (logits.detach().argmax(1) == yb).sum()
+    return out
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
                 X: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, device: torch.device,
-                bar: tqdm | None = None, check: Callable[[], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                bar: tqdm | None = None, check: Callable[[], None] | None = None,
+                step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = train_step) -> tuple[torch.Tensor, torch.Tensor]:
     """Train over ``batches`` (steps, B) of indices into the on-device ``X`` (N, T, C) and ``y`` (N,).
 
     Returns the summed loss and the number of correct predictions (device tensors).
-    ``check`` runs before each step and may raise to stop (a failed checkpoint write).
+    ``check`` runs before each step and may raise to stop (a failed checkpoint write);
+    ``step`` is :func:`train_step` or a :class:`har_vit.training.graphs.GraphedStep`.
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -127,7 +143,7 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
     for idx in batches:  # idx: (B,)
         if check is not None:
             check()
-        l, c = train_step(model, optimizer, scheduler, loss_fn, X[idx], y[idx], device)
+        l, c = step(model, optimizer, scheduler, loss_fn, X[idx], y[idx], device)
         loss_sum += l
         correct += c
         if bar is not None:

@@ -25,6 +25,7 @@ from har_vit.model import create_model
 from har_vit.training import distributed
 from har_vit.training.augment import AugmentConfig, Augmenter
 from har_vit.training.distributed import DistContext
+from har_vit.training.graphs import make_plain
 from har_vit.training.loop import Data, autocast_for, build_optimizer, build_scheduler, evaluate_split, make_loss
 from har_vit.training.objective import Objective, load_init, load_teacher
 from har_vit.training.resume import RunState, check_resumable
@@ -113,6 +114,7 @@ def restore(parts: Parts, cfg: TrainConfig, data: Data, last_path: Path, device:
     check_resumable(ckpt, cfg, device, data, last_path)
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
+    make_plain(parts.optimizer)  # a graphed CUDA run saved tensor learning rates; any device resumes it
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     state = RunState.from_ckpt(ckpt)
     if ctx.is_main:

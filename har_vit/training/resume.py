@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds",
                   "windows_per_s")
 # Options that change how a run executes, not what it computes: a resume may change them.
-RUNTIME_ONLY = ("device", "compile", "threads", "progress", "eval_batch_size")
+RUNTIME_ONLY = ("device", "compile", "cuda_graph", "threads", "progress", "eval_batch_size")
 
 
 def cpu_copy(obj: Any) -> Any:

@@ -332,5 +332,5 @@ def _sync(m: Member, params: dict[str, torch.Tensor], opt: StackedAdamW, row: in
 def _finish(m: Member, device: torch.device, ctx: distributed.DistContext) -> None:
     m.writer.close()
     parts_of.write_run_manifest(m.cfg, m.out, m.windows_dir, m.data, m.parts.model, device, ctx, m.state,
-                          parts_of.levers_of(m.parts))
+                               {**parts_of.levers_of(m.parts), "training_step": "stacked (vmap)"})
     m.manifest = read_manifest(m.out, "train")

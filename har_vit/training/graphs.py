@@ -1,0 +1,181 @@
+"""The whole training step as one CUDA graph: captured once, replayed for every batch.
+
+A small model's step on a GPU is a few hundred short kernels, and launching them from
+Python costs more than their math (issue "Speed": the 15x smaller ``tiny`` trained slower
+than ``seed``). Capturing forward, loss, backward and the optimizer step once with
+:mod:`torch.cuda.graphs` and replaying the graph per batch removes the launches.
+
+What a graph needs, the trainer already gives: every batch has the same shape and lives on
+the device (:func:`har_vit.training.loop.epoch_batches` drops the last partial batch, and
+the shuffle changes which windows fall out), AdamW is fused and keeps its step counts on
+the device. Two things change for capture (:func:`make_capturable`): the optimizer is
+marked ``capturable``, and the learning rate becomes a device tensor that the schedule
+fills in place before each replay (a Python float would be frozen into the graph at its
+capture-time value). Augmentation, the schedule and the loss bookkeeping run eagerly
+around the replay; dropout and drop-path draw from the CUDA generator, which the graph
+advances on every replay, so each replay gets fresh masks.
+
+The first ``warmup`` steps run eagerly on a side stream (they are real steps on real
+batches, and they let cuBLAS and autograd set themselves up, as capture requires). If
+capture fails (an op that syncs with the host, a teacher that runs on the CPU) training
+goes on eagerly after one warning line, and the optimizer is put back as it was built.
+A change of the trainable set (``--freeze-epochs`` ending) recaptures.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from har_vit.training.loop import step_body
+
+WARMUP_STEPS = 3
+
+
+def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> list[float]:
+    """Mark ``optimizer`` safe to capture: ``capturable`` groups, each lr a 0-d float32 tensor on ``device``.
+
+    Returns the learning rates as they were, for :func:`make_plain`.
+    """
+    before = [float(group["lr"]) for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["capturable"] = True
+        if not isinstance(group["lr"], torch.Tensor):
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=device)
+        for p in group["params"]:  # a restored state may hold its step counts on the host
+            state = optimizer.state.get(p)
+            if state and isinstance(state.get("step"), torch.Tensor) and state["step"].device != p.device:
+                state["step"] = state["step"].to(p.device, torch.float32)
+    return before
+
+
+def make_plain(optimizer: torch.optim.Optimizer, lrs: list[float] | None = None) -> None:
+    """Undo :func:`make_capturable`'s flags: float learning rates (``lrs`` when given), ``capturable`` off.
+
+    Run on a restored optimizer, so a checkpoint written by a graphed CUDA run resumes on
+    any device, and on the fallback to eager steps.
+    """
+    for i, group in enumerate(optimizer.param_groups):
+        if lrs is not None:
+            group["lr"] = lrs[i]
+        elif isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"].item())
+        if group.get("capturable"):
+            group["capturable"] = False
+            for p in group["params"]:
+                state = optimizer.state.get(p)
+                fused = bool(group.get("fused"))
+                if state and isinstance(state.get("step"), torch.Tensor) and not fused:
+                    state["step"] = state["step"].to("cpu", torch.float32)
+
+
+class GraphedStep:
+    """A drop-in for :func:`har_vit.training.loop.train_step` that replays one CUDA graph.
+
+    Call it with ``train_step``'s arguments; the model, optimizer, schedule and loss must
+    stay the ones given here. ``status`` says what ran: ``"replayed"`` once a graph is
+    captured, ``"eager: <why>"`` after a failed capture.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, device: torch.device,
+                 warmup: int = WARMUP_STEPS, warn: Callable[[str], None] | None = None) -> None:
+        self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
+        # On a GPU at least one eager step precedes every capture: the optimizer's lazily made
+        # state (zeros) must exist before, or the graph would zero it again on every replay.
+        self.warmup, self.eager_steps = (max(1, warmup) if device.type == "cuda" else warmup), 0
+        self.warn = warn or (lambda line: print(line, file=sys.stderr))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.key: tuple[Any, ...] | None = None
+        self.static: dict[str, torch.Tensor] = {}
+        self.failed: str | None = None
+        self.scheduled = 0  # schedule steps taken since make_capturable
+        self.lrs = make_capturable(optimizer, device)
+
+    @property
+    def status(self) -> str:
+        if self.failed:
+            return f"eager: {self.failed}"
+        return "replayed" if self.graph is not None else "not captured yet"
+
+    def _key(self, xb: torch.Tensor, target: torch.Tensor) -> tuple[Any, ...]:
+        """What a captured graph is only valid for: input shapes and dtypes, the trainable set, train mode."""
+        return (tuple(xb.shape), xb.dtype, tuple(target.shape), target.dtype, self.model.training,
+                tuple(p.requires_grad for p in self.model.parameters()))
+
+    def _body(self, xb: torch.Tensor, target: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # No autocast weight cache: a captured graph must recast the weights the optimizer just changed.
+        return step_body(self.model, self.optimizer, self.loss_fn, xb, target, yb, self.device, autocast_cache=False)
+
+    def _eager_side_stream(self, xb: torch.Tensor, target: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            out = self._body(xb, target, yb)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        return out
+
+    def _capture(self, xb: torch.Tensor, target: torch.Tensor, yb: torch.Tensor) -> None:
+        self.graph, self.static = None, {}
+        torch.cuda.synchronize(self.device)
+        static = {"x": xb.clone(), "target": target.clone(), "y": yb.clone()}
+        graph = torch.cuda.CUDAGraph()
+        # Gradients of the captured backward live in the graph's memory pool, written (not
+        # accumulated) on every replay: they must start unset.
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            static["loss"], static["correct"] = self._body(static["x"], static["target"], static["y"])
+        self.graph, self.static = graph, static
+
+    def _fall_back(self, err: BaseException) -> None:
+        self.failed = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"[:200]
+        self.graph, self.static = None, {}
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        # Untouched by the schedule, the learning rates go back exactly as they were (a float32
+        # round trip would change them); after that, the schedule writes floats again.
+        make_plain(self.optimizer, self.lrs if self.scheduled == 0 else None)
+        self.warn(f"har_vit train: warning: CUDA graph capture failed ({self.failed}); training eagerly")
+
+    def __call__(self, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
+                 xb: torch.Tensor, yb: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        target = yb
+        if hasattr(self.loss_fn, "prepare"):  # augmentation runs eagerly, into the static input
+            xb, target = self.loss_fn.prepare(xb, yb)
+        key = None if self.failed else self._key(xb, target)
+        if self.graph is not None and key != self.key:  # e.g. frozen layers thawed: warm up, capture again
+            self.graph, self.static, self.eager_steps = None, {}, 0
+        if self.failed:
+            out = self._body(xb, target, yb)
+        elif self.graph is None and self.eager_steps < self.warmup:
+            self.eager_steps += 1
+            out = self._eager_side_stream(xb, target, yb)
+        else:
+            if self.graph is None:
+                try:
+                    self._capture(xb, target, yb)
+                    self.key = key
+                except Exception as err:  # noqa: BLE001 - any capture failure means: train eagerly
+                    self._fall_back(err)
+                    out = self._body(xb, target, yb)
+                    scheduler.step()
+                    self.scheduled += 1
+                    return out
+            s = self.static
+            s["x"].copy_(xb)
+            s["target"].copy_(target)
+            s["y"].copy_(yb)
+            self.graph.replay()
+            out = (s["loss"].clone(), s["correct"].clone())
+        scheduler.step()  # fills the lr tensor the next replay reads
+        self.scheduled += 1
+        return out
+
+
+def graphed_step_or_none(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, device: torch.device,
+                         wanted: bool, distributed: bool, compiled: bool) -> GraphedStep | None:
+    """A :class:`GraphedStep` where one can run (one CUDA process, no ``torch.compile``), else None."""
+    if not wanted or device.type != "cuda" or distributed or compiled:
+        return None
+    return GraphedStep(model, optimizer, loss_fn, device)
