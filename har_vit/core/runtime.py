@@ -124,13 +124,17 @@ def cuda_graph_runtime(model: nn.Module, norm: Mapping[str, Any], device: torch.
 
     A call copies the windows into the graph's static input, replays, and copies the logits
     back; any number of windows runs in batches of ``batch`` (:func:`in_fixed_batches`). fp32,
-    as eager PyTorch runs it, so the parity check compares like with like.
+    as eager PyTorch runs it, so the parity check compares like with like. The graph runs a
+    private copy of the model, held by the runtime: the graph reads its weights' memory, so
+    neither a later ``model.cpu()`` nor the end of this function may free it.
     """
+    import copy
+
     from har_vit.stages.export import RawInputModel
 
     cfg = getattr(model, "cfg", None)
     window, channels = int(getattr(cfg, "window", 0)), int(getattr(cfg, "channels", 0))
-    m = RawInputModel(model, norm).to(device).eval()
+    m = RawInputModel(copy.deepcopy(model), norm).to(device).eval()
     static = torch.zeros(batch, window, channels, device=device)
     with torch.inference_mode():
         side = torch.cuda.Stream(device)
@@ -147,6 +151,8 @@ def cuda_graph_runtime(model: nn.Module, norm: Mapping[str, Any], device: torch.
         static.copy_(torch.from_numpy(x))
         graph.replay()
         return out.cpu().numpy()
+
+    one.keep_alive = m  # type: ignore[attr-defined]  # the weights and buffers the graph reads
 
     return Runtime(f"CUDA graph (torch {torch.__version__}, batch fixed to {batch})",
                    lambda x: in_fixed_batches(one, x, batch))

@@ -181,10 +181,12 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
 
 
 def step_mode(graphed: Any) -> str:
-    """The manifest's word for how the steps ran: ``"cuda graph"`` or ``"eager"`` (with why, after a failed capture)."""
+    """The manifest's word for how the steps ran: ``"cuda graph"`` or ``"eager"`` (with why, when a graph was wanted)."""
     if graphed is None:
         return "eager"
-    return "cuda graph" if graphed.failed is None else f"eager (cuda graph capture failed: {graphed.failed})"
+    if graphed.failed is not None:
+        return f"eager (cuda graph capture failed: {graphed.failed})"
+    return "cuda graph" if graphed.graph is not None else "eager (the run ended within the cuda graph's warm-up steps)"
 
 
 def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, ctx: DistContext,

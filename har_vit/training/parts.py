@@ -114,8 +114,8 @@ def restore(parts: Parts, cfg: TrainConfig, data: Data, last_path: Path, device:
     check_resumable(ckpt, cfg, device, data, last_path)
     parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
-    make_plain(parts.optimizer)  # a graphed CUDA run saved tensor learning rates; any device resumes it
     parts.scheduler.load_state_dict(ckpt["scheduler"])
+    make_plain(parts.optimizer, scheduler=parts.scheduler)  # a graphed CUDA run saved tensor learning rates
     state = RunState.from_ckpt(ckpt)
     if ctx.is_main:
         set_rng_state(ckpt["rng"], parts.shuffle, device, parts.aug_gen)
