@@ -57,6 +57,7 @@ from har_vit.core.checkpoint import save_checkpoint  # noqa: E402
 from har_vit.core.efficiency import device_label, resolve_device  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
 from har_vit.model import create_model, list_models  # noqa: E402
+from har_vit.model.variants import CLASSICAL  # noqa: E402
 from har_vit.stages.train import TrainConfig, run  # noqa: E402
 from har_vit.training.graphs import GraphedStep  # noqa: E402
 from har_vit.training.loop import (  # noqa: E402
@@ -239,7 +240,8 @@ def stacked_vs_sequential(name: str, device: torch.device, windows: Path, folds:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    networks = [m for m in list_models() if m not in CLASSICAL]  # rf is fitted, not trained by steps
+    ap.add_argument("--models", nargs="+", default=networks, choices=networks)
     ap.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
                     choices=["cpu", "cuda"])
     ap.add_argument("--windows", type=int, default=17_000, help="training windows per epoch (WISDM ~17,000)")
