@@ -174,6 +174,8 @@ _DECLARED = [
     _o("step_gamma", float, 0.1, "step schedule: the factor.", "train", min=0, min_open=True, max=1),
     _o("label_smoothing", float, 0.0, "Label smoothing of the cross-entropy.", "train", min=0, max=1, max_open=True),
     _o("class_weights", bool, True, "Weight the loss by inverse class frequency on train.", "train"),
+    _o("ema", float, 0.0, "Exponential moving average of the weights, decay per step (e.g. 0.999): validation, "
+       "best.pt and every later stage use the averaged weights; 0 turns it off.", "train", min=0, max=1, max_open=True),
     _o("patience", int, 10, "Early stopping: epochs without a better validation macro F1; 0 turns it off.", "train",
        min=0, nullable=True),
     _o("drop", float, None, "Dropout, overriding the variant's [the variant's].", "train", min=0, max=1,

@@ -152,16 +152,16 @@ def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_afte
                        disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True)
             loss_sum, correct = train_epoch(train_model, optimizer, scheduler, loss_fn, data.X_train, data.y_train,
                                             batches, device, bar, writer.check if writer is not None else None,
-                                            step=graphed or train_step)
+                                            step=graphed or train_step, ema=parts.ema)
             totals = distributed.all_reduce_sum(torch.stack([loss_sum, correct.double()]), ctx).tolist()  # syncs
             train_s, seen = time.perf_counter() - t0, steps * cfg.batch_size
             state.epoch = epoch
             if ctx.is_main:
-                row, improved = end_epoch(cfg, state, data, model, device, lr, totals, seen, train_s, t0)
+                row, improved = end_epoch(cfg, state, data, parts.served, device, lr, totals, seen, train_s, t0)
                 bar.set_postfix(loss=f"{row['train_loss']:.4f}", val_acc=f"{row['val_acc']:.4f}",
                                 val_f1=f"{row['val_macro_f1']:.4f}", refresh=False)
                 writer.submit(epoch_files(out, fixed, model, optimizer, scheduler, shuffle, device, state, improved,
-                                          aug_gen))
+                                          aug_gen, ema=parts.ema))
                 stop.fill_(int(state.stopped_early))
             bar.close()
             # Every rank must leave the loop together, and rank 0 alone knows whether to stop.

@@ -130,12 +130,14 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: An
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, loss_fn: Callable,
                 X: torch.Tensor, y: torch.Tensor, batches: torch.Tensor, device: torch.device,
                 bar: tqdm | None = None, check: Callable[[], None] | None = None,
-                step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = train_step) -> tuple[torch.Tensor, torch.Tensor]:
+                step: Callable[..., tuple[torch.Tensor, torch.Tensor]] = train_step,
+                ema: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Train over ``batches`` (steps, B) of indices into the on-device ``X`` (N, T, C) and ``y`` (N,).
 
     Returns the summed loss and the number of correct predictions (device tensors).
     ``check`` runs before each step and may raise to stop (a failed checkpoint write);
-    ``step`` is :func:`train_step` or a :class:`har_vit.training.graphs.GraphedStep`.
+    ``step`` is :func:`train_step` or a :class:`har_vit.training.graphs.GraphedStep`;
+    ``ema`` (a :class:`har_vit.training.average.WeightEMA`) is updated after every step.
     """
     model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -144,6 +146,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: A
         if check is not None:
             check()
         l, c = step(model, optimizer, scheduler, loss_fn, X[idx], y[idx], device)
+        if ema is not None:
+            ema.update()
         loss_sum += l
         correct += c
         if bar is not None:

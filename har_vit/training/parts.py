@@ -24,6 +24,7 @@ from har_vit.core.schema import as_dict
 from har_vit.model import create_model
 from har_vit.training import distributed
 from har_vit.training.augment import AugmentConfig, Augmenter
+from har_vit.training.average import WeightEMA
 from har_vit.training.distributed import DistContext
 from har_vit.training.graphs import make_plain
 from har_vit.training.loop import Data, autocast_for, build_optimizer, build_scheduler, evaluate_split, make_loss
@@ -66,6 +67,12 @@ class Parts:
     teacher: Any
     init_info: dict[str, Any] | None
     steps: int  # optimizer steps per epoch
+    ema: WeightEMA | None = None  # the averaged weights (--ema), validated and kept instead of the live ones
+
+    @property
+    def served(self) -> nn.Module:
+        """The model validation scores and checkpoints keep: the averaged one under --ema."""
+        return self.ema.model if self.ema is not None else self.model
 
 
 def build_parts(cfg: TrainConfig, data: Data, device: torch.device, ctx: DistContext) -> Parts:
@@ -104,7 +111,8 @@ def build_parts(cfg: TrainConfig, data: Data, device: torch.device, ctx: DistCon
     else:
         loss_fn = make_loss(cfg, weights)
 
-    return Parts(model, optimizer, scheduler, loss_fn, shuffle, aug_gen, aug_cfg, teacher, init_info, steps)
+    ema = WeightEMA(model, cfg.ema) if cfg.ema else None
+    return Parts(model, optimizer, scheduler, loss_fn, shuffle, aug_gen, aug_cfg, teacher, init_info, steps, ema)
 
 
 def restore(parts: Parts, cfg: TrainConfig, data: Data, last_path: Path, device: torch.device,
@@ -112,7 +120,10 @@ def restore(parts: Parts, cfg: TrainConfig, data: Data, last_path: Path, device:
     """Load ``last.pt`` into ``parts`` (weights, optimizer, schedule, every RNG); return where the run stands."""
     ckpt = load_checkpoint(last_path)  # ArtefactError when corrupt
     check_resumable(ckpt, cfg, device, data, last_path)
-    parts.model.load_state_dict(ckpt["model"])
+    if parts.ema is not None:  # "model" holds the averaged weights, "ema" the live ones and the count
+        parts.ema.load(ckpt["model"], ckpt["ema"])
+    else:
+        parts.model.load_state_dict(ckpt["model"])
     parts.optimizer.load_state_dict(ckpt["optimizer"])
     parts.scheduler.load_state_dict(ckpt["scheduler"])
     make_plain(parts.optimizer, scheduler=parts.scheduler)  # a graphed CUDA run saved tensor learning rates
@@ -128,7 +139,9 @@ def restore(parts: Parts, cfg: TrainConfig, data: Data, last_path: Path, device:
 def levers_of(parts: Parts) -> dict[str, Any]:
     """The manifest's record of the accuracy levers a run used."""
     return {"augment": dict(vars(parts.aug_cfg)) if parts.aug_cfg.enabled() else None,
-            "teacher": parts.teacher.info if parts.teacher else None, "init": parts.init_info}
+            "teacher": parts.teacher.info if parts.teacher else None, "init": parts.init_info,
+            "ema": {"decay": parts.ema.decay, "warm_up": "min(decay, (1 + n) / (10 + n)) after n updates"}
+            if parts.ema else None}
 
 
 def end_epoch(cfg: TrainConfig, state: RunState, data: Data, model: nn.Module, device: torch.device, lr: float,

@@ -25,6 +25,7 @@ from har_vit.training.rng import rng_state
 
 if TYPE_CHECKING:
     from har_vit.stages.train import TrainConfig
+    from har_vit.training.average import WeightEMA
     from har_vit.training.loop import Data
 
 HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds",
@@ -139,16 +140,21 @@ def checkpoint_header(cfg: TrainConfig, model: nn.Module, data: Data, device: to
 
 def epoch_files(out: Path, fixed: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                 shuffle: torch.Generator, device: torch.device, state: RunState, improved: bool,
-                augment: torch.Generator | None = None, dropout: torch.Generator | None = None) -> Callable[[], None]:
+                augment: torch.Generator | None = None, dropout: torch.Generator | None = None,
+                ema: WeightEMA | None = None) -> Callable[[], None]:
     """Snapshot the epoch's state now; return the function that writes its files (on the writer thread).
 
     ``dropout``: the generator of this run's dropout masks when it is not torch's global
-    one (a model trained in a stack, :mod:`har_vit.training.stacked`).
+    one (a model trained in a stack, :mod:`har_vit.training.stacked`). ``ema``: the
+    averaged weights, which both files then hold as ``model``; ``last.pt`` keeps the live
+    ones under ``ema``.
     """
-    light = {**fixed, "model": cpu_copy(model.state_dict()), "epoch": state.epoch,
+    served = ema.model if ema is not None else model
+    light = {**fixed, "model": cpu_copy(served.state_dict()), "epoch": state.epoch,
              "val": {k: state.history[-1][k] for k in ("val_loss", "val_acc", "val_macro_f1")}}
     full = {**light, **state.to_ckpt(), "optimizer": cpu_copy(optimizer.state_dict()),
-            "scheduler": cpu_copy(scheduler.state_dict()), "rng": cpu_copy(rng_state(shuffle, device, augment, dropout))}
+            "scheduler": cpu_copy(scheduler.state_dict()), "rng": cpu_copy(rng_state(shuffle, device, augment, dropout)),
+            **({"ema": cpu_copy(ema.state())} if ema is not None else {})}
 
     def write() -> None:
         # Order matters for a kill between writes: best.pt before last.pt, so last.pt never

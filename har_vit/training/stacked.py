@@ -58,7 +58,7 @@ def why_not_stacked(cfg: TrainConfig) -> str | None:
     """Why ``cfg`` cannot train in a stack (it then trains alone), or None when it can."""
     if cfg.model in CLASSICAL:
         return f"--model {cfg.model} is not trained by gradient"
-    for opt in ("teacher", "init", "freeze_epochs", "compile"):
+    for opt in ("teacher", "init", "freeze_epochs", "compile", "ema"):
         if getattr(cfg, opt):
             return f"--{opt.replace('_', '-')} is not supported in a stack"
     return None
