@@ -295,6 +295,29 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
             "fit_seconds": round(fit_s, 1), "seed": seed}
 
 
+def _time_checked(eff: dict[str, Any], runtimes: Mapping[int, Any], X: np.ndarray, cfg: EvalConfig,
+                  fallback_key: str) -> tuple[dict[str, Any], dict[str, float], float] | None:
+    """Time each batch size's runtime (numpy in and out) whose logits passed the parity check.
+
+    A batch size whose runtime fell back to eager is named in ``measured_with[fallback_key]``,
+    not timed. Returns (latency, throughput, worst parity), or None when none passed.
+    """
+    fell_back = {b: rt.note for b, rt in runtimes.items() if rt.parity is None}
+    if fell_back:
+        eff["measured_with"][fallback_key] = "; ".join(f"batch {b}: {note}" for b, note in fell_back.items())
+    passed = {b: rt for b, rt in runtimes.items() if rt.parity is not None}
+    if not passed:
+        return None
+    lat: dict[str, Any] = {}
+    thr: dict[str, float] = {}
+    for batch, rt in passed.items():
+        one_lat, one_thr = efficiency.time_runtime(rt, X.shape[1], X.shape[2], [batch], cfg.latency_repeats,
+                                                   cfg.latency_warmup)
+        lat.update(one_lat)
+        thr.update(one_thr)
+    return lat, thr, max(r.parity for r in passed.values())
+
+
 def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray,
                        cfg: EvalConfig) -> None:
     """Add ``cpu_onnxruntime`` latency beside eager PyTorch's when onnxruntime runs the model with equal logits."""
@@ -303,28 +326,19 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
     saved = torch.get_num_threads()
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
-    lat: dict[str, Any] = {}
-    thr: dict[str, float] = {}
     try:
         # One session per batch size, its batch dimension fixed; each is checked against eager before
-        # anything is timed, and a batch size whose session falls back to eager is named, not timed.
+        # anything is timed.
         runtimes = {b: fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=b) for b in cfg.latency_batch_sizes}
-        fell_back = {b: rt.note for b, rt in runtimes.items() if rt.parity is None}
-        if fell_back:
-            eff["measured_with"]["fast_runtime"] = "; ".join(f"batch {b}: {note}" for b, note in fell_back.items())
-        passed = {b: rt for b, rt in runtimes.items() if rt.parity is not None}
-        for batch, rt in passed.items():
-            one_lat, one_thr = efficiency.time_runtime(rt, X.shape[1], X.shape[2], [batch], cfg.latency_repeats,
-                                                       cfg.latency_warmup)
-            lat.update(one_lat)
-            thr.update(one_thr)
+        timed = _time_checked(eff, runtimes, X, cfg, "fast_runtime")
     finally:
         torch.set_num_threads(saved)
-    if not passed:
+    if timed is None:
         return
+    lat, thr, parity = timed
     threads = cfg.threads or saved
     lat.update(threads=threads, runtime=describe_onnxruntime(threads, "a session per batch size with that size fixed"),
-               parity=max(r.parity for r in passed.values()))
+               parity=parity)
     eff["latency_ms"]["cpu_onnxruntime"] = lat
     eff["throughput_windows_per_s"]["cpu_onnxruntime"] = thr
 
@@ -336,23 +350,14 @@ def _time_cuda_graph(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[
 
     device = torch.device("cuda")
     runtimes = {b: fast_runtime(model, norm, "auto", device, check=X[:64], batch=b) for b in cfg.latency_batch_sizes}
-    model.cpu()
-    fell_back = {b: rt.note for b, rt in runtimes.items() if rt.parity is None}
-    if fell_back:
-        eff["measured_with"]["cuda_graph"] = "; ".join(f"batch {b}: {note}" for b, note in fell_back.items())
-    passed = {b: rt for b, rt in runtimes.items() if rt.parity is not None}
-    if not passed:
+    model.cpu()  # each graph runs its own copy of the model
+    timed = _time_checked(eff, runtimes, X, cfg, "cuda_graph")  # the copies to and from the GPU are in the time
+    if timed is None:
         return
-    lat: dict[str, Any] = {}
-    thr: dict[str, float] = {}
-    for batch, rt in passed.items():  # numpy in, numpy out: the copies to and from the GPU are in the time
-        one_lat, one_thr = efficiency.time_runtime(rt, X.shape[1], X.shape[2], [batch], cfg.latency_repeats,
-                                                   cfg.latency_warmup)
-        lat.update(one_lat)
-        thr.update(one_thr)
+    lat, thr, parity = timed
     lat.update(device_name=efficiency.device_label(device),
                runtime=f"CUDA graph (torch {torch.__version__}, a graph per batch size with that size fixed)",
-               parity=max(r.parity for r in passed.values()))
+               parity=parity)
     eff["latency_ms"]["cuda_graph"] = lat
     eff["throughput_windows_per_s"]["cuda_graph"] = thr
 

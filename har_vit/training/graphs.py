@@ -163,28 +163,25 @@ class GraphedStep:
         key = None if self.failed else self._key(xb, target)
         if self.graph is not None and key != self.key:  # e.g. frozen layers thawed
             self._release()
-        if self.failed:
-            out = self._body(xb, target, yb)
-        elif self.graph is None and self.eager_steps < self.warmup:
-            self.eager_steps += 1
-            out = self._warm_up(xb, target, yb)
-        else:
-            if self.graph is None:
-                stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
-                try:
-                    self._capture(xb, target, yb)
-                    self.key = key
-                except Exception as err:  # noqa: BLE001 - any capture failure means: train eagerly
-                    self._fall_back(err, stream)
-                    out = self._body(xb, target, yb)
-                    scheduler.step()
-                    return out
+        if self.graph is None and not self.failed and self.eager_steps >= self.warmup:
+            stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+            try:
+                self._capture(xb, target, yb)
+                self.key = key
+            except Exception as err:  # noqa: BLE001 - any capture failure means: train eagerly
+                self._fall_back(err, stream)
+        if self.graph is not None:
             s = self.static
             s["x"].copy_(xb)
             s["target"].copy_(target)
             s["y"].copy_(yb)
             self.graph.replay()
             out = (s["loss"].clone(), s["correct"].clone())
+        elif self.failed:
+            out = self._body(xb, target, yb)
+        else:
+            self.eager_steps += 1
+            out = self._warm_up(xb, target, yb)
         scheduler.step()  # fills the lr tensor the next replay reads
         return out
 
