@@ -22,7 +22,9 @@ Protocols:
 Recipes: ``default`` is what ``pipeline.py run`` does with no options (``ema``: the same with
 ``--ema 0.998``); ``article`` is the
 article's training of its network (AdamW 5e-4, StepLR x0.1 every 10 epochs, batch 128,
-30 epochs, no warm-up, no early stopping); ``fit`` marks the classical baselines. Finished
+30 epochs, no warm-up, no early stopping), predicted one pass per window; ``tta`` scores the
+``default`` recipe's trained models (the same run folders) with ``evaluate --tta 8`` and keeps
+each run's plain scores in ``without_tta``; ``fit`` marks the classical baselines. Finished
 runs are cached in ``--work``, so an interrupted grid resumes; rows are merged into the
 results file by (model, recipe, protocol, device, dtype, epochs).
 
@@ -49,12 +51,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
-from har_vit.core import results  # noqa: E402
+from har_vit.core import results, tta  # noqa: E402
+from har_vit.core.schema import OPTIONS  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
-from har_vit.core.inference import labels  # noqa: E402
 from har_vit.stages.train import TrainConfig, run  # noqa: E402
 from har_vit.training.loop import fit_norm  # noqa: E402
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows  # noqa: E402
@@ -73,8 +75,18 @@ RECIPES: dict[str, dict[str, Any]] = {
                     weight_decay=0.01, batch_size=128, epochs=30, patience=0),
     "aug": dict(rotate=180.0, scale=0.1, jitter=0.05, time_warp=0.1),
     "ema": dict(ema=0.998),  # the default recipe with weight averaging (horizon ~500 steps)
+    "tta": {},  # the default recipe's models, predicted with test-time augmentation (evaluate --tta 8)
 }
 BASELINES = ("rf", "minirocket")
+# Test-time augmentation per recipe (extra views per window): the article predicts each window once;
+# every other recipe predicts as `evaluate` does by default.
+TTA = {"article": 0, "tta": 8}
+# Recipes that differ from another only in how the test windows are predicted share its trained models.
+TRAINED_AS = {"tta": "default"}
+
+
+def tta_of(recipe: str) -> int:
+    return TTA.get(recipe, OPTIONS["tta"].default)
 
 
 # --- data -------------------------------------------------------------------------------------------
@@ -116,8 +128,8 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro"))}
 
 
-def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The real trainer, then the test split of its best.pt.
+def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
+    """The real trainer, then the test split of its best.pt, predicted as ``evaluate --tta n_tta`` does.
 
     A run folder left by an interrupted grid is carried on, not started again: a finished run
     (manifest written) is only scored, an unfinished one resumes from its ``last.pt`` (on CPU with
@@ -140,8 +152,12 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
         m = run(cfg, windows, run_dir)
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
-    pred = labels(model, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
-    return {**scores(w["y"][test], pred), "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
+    X, y = w["X"][test], w["y"][test]
+    A, _ = tta.views_for(ckpt, n_tta, X.shape[2])
+    z = tta.view_logits(model, X, torch.device("cpu"), 1024, ckpt["norm"], A)  # (views, N, K)
+    plain = {"without_tta": scores(y, z[0].argmax(1).numpy())} if len(A) > 1 else {}
+    return {**scores(y, tta.mean_log_proba(z).argmax(1).numpy()), "tta_views": len(A), **plain,
+            "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
             "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 
 
@@ -199,7 +215,8 @@ def table(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         proto = r["protocol"] + (" (**leaky**)" if r.get("leaky") else "")
-        lines.append(f"| {proto} | `{r['model']}` | {r['recipe']} | {r['epochs'] or '-'} | {len(r['per_seed'])} | "
+        recipe = r["recipe"] + (f" ({r['tta_views']} views)" if r.get("tta_views", 1) > 1 else "")
+        lines.append(f"| {proto} | `{r['model']}` | {recipe} | {r['epochs'] or '-'} | {len(r['per_seed'])} | "
                      f"{r['accuracy_mean']:.4f} ± {r['accuracy_std']:.4f} | {r['macro_f1_mean']:.4f} ± "
                      f"{r['macro_f1_std']:.4f} | {r['device']}, {r['dtype']} |")
     return "\n".join(lines)
@@ -239,13 +256,17 @@ def main() -> None:
         w = load_windows(windows)
         for model in a.models:
             recipe = "fit" if model in BASELINES else a.recipe
+            n_tta = 0 if model in BASELINES else tta_of(recipe)
             opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
             runs = []
             for job in jobs(protocol, a.seeds):
-                tag = f"{model}-{recipe}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{a.device}"
-                cached = work / "runs" / tag / "result.json"
-                if tag in logged or cached.is_file():
-                    runs.append(logged[tag] if tag in logged else json.loads(cached.read_text()))
+                trained = TRAINED_AS.get(recipe, recipe)
+                tag = f"{model}-{trained}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{a.device}"
+                # The trained model is shared by every TTA setting; its scores are not.
+                scored = tag + (f"-tta{n_tta}" if n_tta else "")
+                cached = work / "runs" / tag / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
+                if scored in logged or cached.is_file():
+                    runs.append(logged[scored] if scored in logged else json.loads(cached.read_text()))
                     continue
                 cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
                                      "split": job["split"], "test_users": job.get("test_users", ()),
@@ -253,11 +274,11 @@ def main() -> None:
                 if model == "minirocket":
                     res = minirocket_one(cfg, w, a.threads)
                 else:
-                    res = train_one(cfg, windows, work / "runs" / tag / "run", w)
+                    res = train_one(cfg, windows, work / "runs" / tag / "run", w, n_tta)
                 res = {"seed": job["seed"], "fold": job["fold"], **res}
                 write_json(cached, res)
                 with open(runs_log, "a") as fh:  # one short line per model: appends do not interleave
-                    fh.write(json.dumps({"tag": tag, "result": res}) + "\n")
+                    fh.write(json.dumps({"tag": scored, "result": res}) + "\n")
                 runs.append(res)
                 print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
                       f"acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  ({res['train_seconds']:.0f} s)",

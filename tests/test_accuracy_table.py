@@ -51,22 +51,24 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     import_npz(WindowConfig(), windows_npz, wdir)
     w = load_windows(wdir)
     cfg = TrainConfig(model="tiny", epochs=2, batch_size=32, progress=False, threads=1, warmup_epochs=0, patience=0)
-    whole = train_one(cfg, wdir, tmp_path / "whole", w)
+    whole = train_one(cfg, wdir, tmp_path / "whole", w, 8)
     run(cfg, wdir, tmp_path / "cut", stop_after=1)
     calls = []
     monkeypatch.setattr(bench_accuracy, "run", lambda *a, **k: calls.append(k) or run(*a, **k))
-    carried = train_one(cfg, wdir, tmp_path / "cut", w)
+    carried = train_one(cfg, wdir, tmp_path / "cut", w, 8)
     assert calls == [{"resume": True}]  # carried on from last.pt, not started again
+    assert whole["tta_views"] == 9 and set(whole["without_tta"]) == {"accuracy", "macro_f1"}  # scored both ways
     drop = ("train_seconds",)
     assert {k: v for k, v in carried.items() if k not in drop} == {k: v for k, v in whole.items() if k not in drop}
     a, b = (torch.load(tmp_path / d / "best.pt", weights_only=True)["model"] for d in ("whole", "cut"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     # A finished run is scored again, not retrained, and not refused as "already holds a run".
-    again = train_one(cfg, wdir, tmp_path / "cut", w)
+    again = train_one(cfg, wdir, tmp_path / "cut", w, 8)
     assert len(calls) == 1
     assert np.isclose(again["accuracy"], whole["accuracy"]) and again["best_epoch"] == whole["best_epoch"]
     # A resume the trainer refuses (here: other options than the cut run's) trains the model again.
     run(cfg, wdir, tmp_path / "other", stop_after=1)
     changed = dataclasses.replace(cfg, lr=cfg.lr * 2)
-    redone = train_one(changed, wdir, tmp_path / "other", w)
+    redone = train_one(changed, wdir, tmp_path / "other", w, 0)
     assert calls[-2:] == [{"resume": True}, {}] and redone["epochs_run"] == 2
+    assert redone["tta_views"] == 1 and "without_tta" not in redone

@@ -126,7 +126,7 @@ def _train_tiny(X, y, train, num_classes, steps, seed=0):
 
 def build_run(root: Path, *, protocol: str = "subject", run_id: str = "run-a",
               created: str = "2024-01-01T00:00:00+00:00", class_names=CLASSES, ingest: bool = True,
-              steps: int = 10, seed: int = 0) -> Path:
+              steps: int = 10, seed: int = 0, augment: dict | None = None) -> Path:
     """Ingest manifest -> windows folder -> train run folder under ``root``, to the contract; returns the run folder."""
     X, y, subject, rank = _synthetic_windows(class_names, seed)
     ingest_dir, windows_dir, run_dir = root / "ingest", root / "windows", root / "runs" / run_id
@@ -137,7 +137,7 @@ def build_run(root: Path, *, protocol: str = "subject", run_id: str = "run-a",
     train, val, test, split = _split(y, subject, rank, protocol)
     model, norm = _train_tiny(X, y, train, len(class_names), steps, seed)
     train_config = {"model": "tiny", "epochs": 3, "batch_size": 64, "optimizer": "adamw", "lr": 3e-3,
-                    "weight_decay": 0.05, "seed": seed, "split": protocol}
+                    "weight_decay": 0.05, "seed": seed, "split": protocol, **(augment or {})}
     save_checkpoint(run_dir / "best.pt", {
         "model": model.state_dict(), "model_name": "tiny", "model_kwargs": model.kwargs,
         "class_names": list(class_names), "norm": norm, "train_config": train_config, "epoch": 2})
@@ -229,7 +229,8 @@ def test_metrics_json_documented_keys(evaluated):
     _, m = evaluated
     keys = {"accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall", "per_class_accuracy",
             "per_class", "confusion", "class_names", "params", "trainable_params", "flops", "flops_note",
-            "latency_ms", "throughput_windows_per_s", "weights_mb", "split", "n_test", "model", "device", "run_id"}
+            "latency_ms", "throughput_windows_per_s", "weights_mb", "split", "n_test", "model", "device", "run_id",
+            "tta"}
     assert keys <= set(m)
     assert m["params"] == create_model("tiny", window=T, channels=C).num_params()
     assert "multiply-add" in m["flops_note"] and m["flops"] > 0

@@ -45,7 +45,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def build_run(root: Path, model_name: str = "tiny", seed: int = 0) -> Path:
+def build_run(root: Path, model_name: str = "tiny", seed: int = 0, augment: dict | None = None) -> Path:
     """A finished train run folder (best.pt, split.npz, manifest) over a tiny imported windows folder.
 
     The imported windows folder has step == window (32) and gap 2 s, both unlike the
@@ -77,7 +77,7 @@ def build_run(root: Path, model_name: str = "tiny", seed: int = 0) -> Path:
     run_dir.mkdir()
     save_checkpoint(run_dir / "best.pt", {
         "model": model.state_dict(), "model_name": model_name, "model_kwargs": model.kwargs,
-        "class_names": list(CLASSES), "norm": norm, "train_config": {"model": model_name}, "epoch": 1})
+        "class_names": list(CLASSES), "norm": norm, "train_config": {"model": model_name, **(augment or {})}, "epoch": 1})
     save_npz(run_dir / "split.npz", train=train, val=val, test=test)
     write_manifest(run_dir, "train", inputs={"upstream": str(windows_dir)}, run_id="t", model=model_name,
                    split={"protocol": "subject", "leaky": False, "n_train": int(train.size), "n_val": int(val.size),

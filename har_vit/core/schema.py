@@ -232,6 +232,9 @@ _DECLARED = [
        "GPU, each only when its logits equal PyTorch's, else eager PyTorch), onnxruntime, or eager.", "predict", choices=("auto", "onnxruntime", "eager")),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
        choices=WHICH),
+    _o("tta", int, 0, "Test-time augmentation: also predict N fixed turned and scaled copies of every window (up to "
+       "the run's --rotate and --scale) and average the class probabilities; 0 off. A window costs N + 1 forward "
+       "passes (8: see the README's accuracy table).", ("evaluate", "predict"), min=0),
     _o("predict_batch_size", int, 512, "Windows per forward pass when predicting (memory only, not results).",
        ("evaluate", "predict"), min=1),
     _o("latency_repeats", int, 100, "Timed runs per latency figure (>= 100 so that the p90 means something).",

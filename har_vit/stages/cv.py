@@ -127,7 +127,9 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, command:
         m = json.loads(metrics_path.read_text()) if metrics_path.is_file() else evaluate.run(eval_cfg, model_dir)
         if m["n_test"] == 0:
             raise DataError(f"fold {k} (users {test_users}) has no test windows")
+        tta = m.get("tta") or {}
         runs.append({"seed": seed, "fold": k, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                     "tta_views": tta.get("views", 1), **({"without_tta": tta["without_tta"]} if "without_tta" in tta else {}),
                      "best_epoch": man.get("best_epoch"), "epochs_run": man.get("epochs_run"),
                      "train_seconds": man.get("train_seconds", 0.0), "device": man.get("device", "cpu"),
                      "device_name": man.get("device_name") or cpu_model_name()})

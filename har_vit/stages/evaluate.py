@@ -28,7 +28,11 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
   "threads": n, "device_name", "repeats", "warmup"}, "cuda": {...}, "cpu_onnxruntime": {...,
   "runtime", "parity"}}``; ``cuda`` only when a GPU is present and the device is not ``cpu``;
   ``cpu_onnxruntime`` when onnxruntime is installed and its logits equal eager PyTorch's
-  (:mod:`har_vit.core.runtime`); ``{}`` with ``skip_latency``.
+  (:mod:`har_vit.core.runtime`), and ``cpu_onnxruntime_tta`` (batch 1: one window with all
+  its test-time-augmentation views) when TTA is on; ``{}`` with ``skip_latency``.
+- ``tta``: ``{views, description, without_tta: {accuracy, macro_f1}}``: how many views of
+  each window were averaged (1: the window alone, TTA off, and no ``without_tta``), and the
+  scores of the window alone beside the averaged ones.
 - ``throughput_windows_per_s``: ``{"cpu": {"batch_256": windows/s, ...}, ...}``
   (batch / median latency).
 - ``measured_with``: torch version, CPU model (/proc/cpuinfo), CUDA device name.
@@ -59,7 +63,7 @@ import pandas as pd
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from har_vit.core import efficiency, inference, plots, schema
+from har_vit.core import efficiency, inference, plots, schema, tta
 from har_vit.core.checkpoint import load_model, normalise
 from har_vit.core.errors import ArtefactError
 from har_vit.core.io import (
@@ -319,9 +323,13 @@ def _time_checked(eff: dict[str, Any], runtimes: Mapping[int, Any], X: np.ndarra
 
 
 def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray,
-                       cfg: EvalConfig) -> None:
-    """Add ``cpu_onnxruntime`` latency beside eager PyTorch's when onnxruntime runs the model with equal logits."""
-    from har_vit.core.runtime import describe_onnxruntime, fast_runtime
+                       cfg: EvalConfig, views: np.ndarray) -> None:
+    """Add ``cpu_onnxruntime`` latency beside eager PyTorch's when onnxruntime runs the model with equal logits.
+
+    With test-time augmentation (more than one view) also ``cpu_onnxruntime_tta``: one window's
+    prediction as ``predict`` makes it, all its views in one call of a session fixed to that batch.
+    """
+    from har_vit.core.runtime import Runtime, describe_onnxruntime, fast_runtime
 
     saved = torch.get_num_threads()
     if cfg.threads is not None:
@@ -331,16 +339,25 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
         # anything is timed.
         runtimes = {b: fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=b) for b in cfg.latency_batch_sizes}
         timed = _time_checked(eff, runtimes, X, cfg, "fast_runtime")
+        timed_tta = None
+        if timed is not None and len(views) > 1:
+            rt = fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=len(views))
+            wrapped = Runtime(rt.name, tta.wrap(rt, views), rt.parity, rt.note)
+            timed_tta = _time_checked(eff, {1: wrapped}, X, cfg, "fast_runtime_tta")
     finally:
         torch.set_num_threads(saved)
     if timed is None:
         return
-    lat, thr, parity = timed
     threads = cfg.threads or saved
-    lat.update(threads=threads, runtime=describe_onnxruntime(threads, "a session per batch size with that size fixed"),
-               parity=parity)
-    eff["latency_ms"]["cpu_onnxruntime"] = lat
-    eff["throughput_windows_per_s"]["cpu_onnxruntime"] = thr
+    for key, got, how in (("cpu_onnxruntime", timed, "a session per batch size with that size fixed"),
+                          ("cpu_onnxruntime_tta", timed_tta, f"test-time augmentation: one window's {len(views)} "
+                                                             f"views in one call, batch fixed to {len(views)}")):
+        if got is None:
+            continue
+        lat, thr, parity = got
+        lat.update(threads=threads, runtime=describe_onnxruntime(threads, how), parity=parity)
+        eff["latency_ms"][key] = lat
+        eff["throughput_windows_per_s"][key] = thr
 
 
 def _time_cuda_graph(eff: dict[str, Any], model: torch.nn.Module, norm: Mapping[str, Any], X: np.ndarray,
@@ -381,8 +398,14 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     model, ckpt = load_model(run_dir, cfg.which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
-    proba = torch.softmax(inference.logits(model, X_test, device, cfg.predict_batch_size, ckpt["norm"]), 1).cpu().numpy()
+    A, tta_note = tta.views_for(ckpt, cfg.tta, X_test.shape[2])
+    z = tta.view_logits(model, X_test, device, cfg.predict_batch_size, ckpt["norm"], A)  # (views, N, K); [0] plain
+    proba = torch.exp(tta.mean_log_proba(z)).cpu().numpy()
     y_pred = proba.argmax(axis=1).astype(np.int64)
+    tta_info: dict[str, Any] = {"views": len(A), "description": tta_note}
+    if len(A) > 1:  # the plain prediction beside it, so a reader sees what TTA adds
+        plain = classification_metrics(y_true, z[0].argmax(dim=1).cpu().numpy(), class_names)
+        tta_info["without_tta"] = {"accuracy": plain["accuracy"], "macro_f1": plain["macro_f1"]}
     confidence = proba[np.arange(y_pred.size), y_pred]
     users = w["subject"][test].astype(np.int64)
 
@@ -391,14 +414,14 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
                              batch_sizes=cfg.latency_batch_sizes, repeats=cfg.latency_repeats, warmup=cfg.latency_warmup,
                              threads=cfg.threads, latency=not cfg.skip_latency)
     if not cfg.skip_latency:
-        _time_fast_runtime(eff, model, ckpt["norm"], X_test, cfg)
+        _time_fast_runtime(eff, model, ckpt["norm"], X_test, cfg, A)
         if "cuda" in latency_devices:
             _time_cuda_graph(eff, model, ckpt["norm"], X_test, cfg)
     metrics = {
         "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,
         "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),
         "split": train_man.get("split", {}), "n_test": int(test.size),
-        **classification_metrics(y_true, y_pred, class_names), **eff,
+        **classification_metrics(y_true, y_pred, class_names), "tta": tta_info, **eff,
         "per_user": per_user_metrics(users, y_true, y_pred, class_names),
         "chance": chance_levels(y_true, len(class_names)),
         "baseline": (baseline_scores(w, run_dir, train_man, ckpt, test, len(class_names))

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from har_vit.core import inference, schema
+from har_vit.core import inference, schema, tta
 from har_vit.core.efficiency import device_label, resolve_device
 from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import (
@@ -184,8 +184,10 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
 
     windows = inference.Strided(rec.xyz, first, ws.window)
     rt = fast_runtime(run_info.model, run_info.ckpt["norm"], cfg.runtime, device, check=windows[:CHECK_WINDOWS])
+    A, tta_note = tta.views_for(run_info.ckpt, cfg.tta, channels)
+    predict_fn = tta.wrap(rt, A) if len(A) > 1 else rt  # all views of a batch in one call
     t_inf = time.perf_counter()
-    logits = np.concatenate([rt(windows[i:i + cfg.predict_batch_size])
+    logits = np.concatenate([predict_fn(windows[i:i + cfg.predict_batch_size])
                              for i in range(0, len(windows), cfg.predict_batch_size)])
     inf_seconds = time.perf_counter() - t_inf
     proba = _softmax(logits)
@@ -244,6 +246,7 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         "class_names": names,
         "device": device.type, "device_name": device_label(device),
         "runtime": rt.name, "runtime_parity": rt.parity, "runtime_note": rt.note,
+        "tta": {"views": len(A), "description": tta_note},
         "windows_per_s": round(first.shape[0] / inf_seconds, 1) if inf_seconds > 0 else None,
         "warnings": list(run_info.notes) + [f"skipped {s['path']}: {s['reason']}" for s in rec.skipped]
         + ([rt.note] if rt.note and "differs" in rt.note else []),

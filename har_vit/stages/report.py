@@ -495,10 +495,16 @@ def results_section(chain: Chain) -> list[Block]:
         ("accuracy", "accuracy"), ("macro F1", "macro_f1"), ("weighted F1", "weighted_f1"),
         ("macro precision", "macro_precision"), ("macro recall", "macro_recall"),
         ("weighted precision", "weighted_precision"), ("weighted recall", "weighted_recall"))]
-    blocks: list[Block] = [Heading("Results"), Table(("metric", "value"), rows, caption=_split_name(m))]
-    base, chance = m.get("baseline"), m.get("chance")
-    if base or chance:
-        side = [(f"this model ({m.get('model')})", fmt(m.get("accuracy")), fmt(m.get("macro_f1")))]
+    tta = m.get("tta") or {}
+    caption = _split_name(m) + (f"; test-time augmentation: {tta['description']}" if tta.get("description") else "")
+    blocks: list[Block] = [Heading("Results"), Table(("metric", "value"), rows, caption=caption)]
+    base, chance, plain = m.get("baseline"), m.get("chance"), tta.get("without_tta")
+    if base or chance or plain:
+        side = [(f"this model ({m.get('model')})" + (f", {tta['views']} views (TTA)" if plain else ""),
+                 fmt(m.get("accuracy")), fmt(m.get("macro_f1")))]
+        if plain:
+            side.append((f"this model ({m.get('model')}), the window alone (--tta 0)", fmt(plain["accuracy"]),
+                         fmt(plain["macro_f1"])))
         if base:
             side.append((f"baseline: {base['description']}", fmt(base["accuracy"]), fmt(base["macro_f1"])))
         if chance:
