@@ -153,10 +153,9 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
     model, ckpt = load_model(run_dir, "best")
     test = np.load(run_dir / "split.npz")["test"]
     X, y = w["X"][test], w["y"][test]
-    A, _ = tta.views_for(ckpt, n_tta, X.shape[2])
-    z = tta.view_logits(model, X, torch.device("cpu"), 1024, ckpt["norm"], A)  # (views, N, K)
-    plain = {"without_tta": scores(y, z[0].argmax(1).numpy())} if len(A) > 1 else {}
-    return {**scores(y, tta.mean_log_proba(z).argmax(1).numpy()), "tta_views": len(A), **plain,
+    pred = tta.predict(model, ckpt, X, torch.device("cpu"), 1024, n_tta)
+    plain = {"without_tta": scores(y, pred.plain.argmax(1).numpy())} if pred.plain is not None else {}
+    return {**scores(y, pred.log_proba.argmax(1).numpy()), "tta_views": len(pred.views), **plain,
             "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
             "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 

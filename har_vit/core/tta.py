@@ -18,6 +18,7 @@ probability itself, so TTA logits go wherever logits go (argmax, softmax, confid
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -36,7 +37,7 @@ def views(n: int, rotate: float, scale: float, channels: int = AXES) -> np.ndarr
     gains ``1 + scale * N(0, 1)`` per axis, as in training. With ``channels`` a multiple of 3,
     each group of 3 channels gets the same map (sensors in one housing turn together).
     """
-    from har_vit.training.augment import random_rotations
+    from har_vit.training.augment import block_diagonal, random_rotations
 
     if n < 0:
         raise UsageError(f"--tta must be >= 0 (got {n})")
@@ -48,10 +49,7 @@ def views(n: int, rotate: float, scale: float, channels: int = AXES) -> np.ndarr
     gain = 1 + scale * torch.randn(n, AXES, generator=gen, dtype=torch.float64)  # (n, 3)
     A = R @ torch.diag_embed(gain)  # gain in the sensor frame first, then turn the sensor
     A = torch.cat([torch.eye(AXES, dtype=torch.float64).unsqueeze(0), A])  # (n + 1, 3, 3)
-    G = channels // AXES
-    if G > 1:
-        A = torch.einsum("gh,vij->vgihj", torch.eye(G, dtype=A.dtype), A).reshape(n + 1, channels, channels)
-    return A.numpy().astype(np.float32)
+    return block_diagonal(A, channels // AXES).numpy().astype(np.float32)  # (n + 1, C, C)
 
 
 def views_for(ckpt: Mapping[str, Any], n: int, channels: int) -> tuple[np.ndarray, str]:
@@ -100,6 +98,27 @@ def view_logits(model: torch.nn.Module, X: np.ndarray, device: torch.device, bat
 
     return torch.stack([inference.logits(model, X if k == 0 else turned(X, a), device, batch_size, norm)
                         for k, a in enumerate(A)])
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What :func:`predict` returns: the (TTA) answer, and the plain one beside it when they differ."""
+    log_proba: torch.Tensor  # (N, K) log mean probability over the views (the plain log softmax for one view)
+    plain: torch.Tensor | None  # (N, K) logits of the window alone; None when TTA is off
+    views: np.ndarray  # (V, C, C) the maps used, identity first
+    description: str  # what TTA did, or why it is off
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"views": len(self.views), "description": self.description}
+
+
+def predict(model: torch.nn.Module, ckpt: Mapping[str, Any], X: np.ndarray, device: torch.device, batch_size: int,
+            n: int) -> Prediction:
+    """Raw windows ``X`` (N, T, C) predicted by a run's model with ``n`` TTA views (``evaluate --tta n``)."""
+    A, note = views_for(ckpt, n, X.shape[2])
+    z = view_logits(model, X, device, batch_size, ckpt["norm"], A)  # (V, N, K); [0] plain
+    return Prediction(mean_log_proba(z), z[0] if len(A) > 1 else None, A, note)
 
 
 def wrap(run: Callable[[np.ndarray], np.ndarray], A: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -398,13 +398,13 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
     model, ckpt = load_model(run_dir, cfg.which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
-    A, tta_note = tta.views_for(ckpt, cfg.tta, X_test.shape[2])
-    z = tta.view_logits(model, X_test, device, cfg.predict_batch_size, ckpt["norm"], A)  # (views, N, K); [0] plain
-    proba = torch.exp(tta.mean_log_proba(z)).cpu().numpy()
+    pred = tta.predict(model, ckpt, X_test, device, cfg.predict_batch_size, cfg.tta)
+    A = pred.views
+    proba = torch.exp(pred.log_proba).cpu().numpy()
     y_pred = proba.argmax(axis=1).astype(np.int64)
-    tta_info: dict[str, Any] = {"views": len(A), "description": tta_note}
-    if len(A) > 1:  # the plain prediction beside it, so a reader sees what TTA adds
-        plain = classification_metrics(y_true, z[0].argmax(dim=1).cpu().numpy(), class_names)
+    tta_info: dict[str, Any] = pred.info
+    if pred.plain is not None:  # the plain prediction beside it, so a reader sees what TTA adds
+        plain = classification_metrics(y_true, pred.plain.argmax(dim=1).cpu().numpy(), class_names)
         tta_info["without_tta"] = {"accuracy": plain["accuracy"], "macro_f1": plain["macro_f1"]}
     confidence = proba[np.arange(y_pred.size), y_pred]
     users = w["subject"][test].astype(np.int64)

@@ -137,9 +137,7 @@ class Augmenter:
             if cfg.rotate > 0:
                 R = _keep(random_rotations(B, cfg.rotate, gen, dev, wide), self._pick(B, gen, dev), 0.0,
                           torch.eye(AXES, dtype=wide, device=dev))  # (B, 3, 3)
-                G = C // AXES
-                if G > 1:  # one rotation per window, repeated on the diagonal for every 3-axis group
-                    R = torch.einsum("gh,bij->bgihj", torch.eye(G, dtype=wide, device=dev), R).reshape(B, C, C)
+                R = block_diagonal(R, C // AXES)  # one rotation per window, for every 3-axis group
                 A = R @ A  # gain in the sensor frame first, then turn the sensor
             x = self._linear(x, A)
 
@@ -246,6 +244,21 @@ def _keep(new: Tensor, sel: Tensor | None, off: float, identity: Tensor | None =
     sel = sel.view(-1, *([1] * (new.dim() - 1)))
     fallback = identity if identity is not None else torch.full((), off, dtype=new.dtype, device=new.device)
     return torch.where(sel, new, fallback)
+
+
+def block_diagonal(A: Tensor, groups: int) -> Tensor:
+    """``(B, k, k)`` maps -> ``(B, k * groups, k * groups)`` with each map repeated on the diagonal.
+
+    Sensors in one housing turn together: every (x, y, z) group of channels gets the same map.
+
+    >>> block_diagonal(torch.full((1, 1, 1), 2.0), 2)[0].tolist()
+    [[2.0, 0.0], [0.0, 2.0]]
+    """
+    if groups == 1:
+        return A
+    B, k, _ = A.shape
+    eye = torch.eye(groups, dtype=A.dtype, device=A.device)
+    return torch.einsum("gh,bij->bgihj", eye, A).reshape(B, k * groups, k * groups)
 
 
 def sample_beta(alpha: float, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
