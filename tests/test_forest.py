@@ -61,6 +61,31 @@ def test_forest_tensors_give_sklearns_probabilities():
     assert model.num_params() > 0 and model.num_params(trainable_only=True) == 0
 
 
+def test_statistics_are_taken_in_sensor_units_when_the_input_is_normalised():
+    """The pipeline feeds normalised windows; the forest undoes that, so |a| is the physical magnitude."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    X, y = _data()
+    X = X * torch.tensor([2.0, 0.5, 1.0]) + torch.tensor([0.0, 9.8, -3.0])  # gravity on one axis, unequal spreads
+    norm = {"mean": X[:200].mean((0, 1)).tolist(), "std": X[:200].std((0, 1)).tolist()}
+    Xn = (X - torch.tensor(norm["mean"])) / torch.tensor(norm["std"])
+    model = fit_forest(Xn[:200], y[:200], num_classes=4, seed=3, trees=25, threads=1, norm=norm)
+    raw = RandomForestClassifier(25, random_state=3, n_jobs=1).fit(window_features(X[:200]).numpy(), y[:200])
+    with torch.no_grad():
+        ours = model(Xn[200:]).exp().numpy()
+    np.testing.assert_allclose(ours, raw.predict_proba(window_features(X[200:]).numpy()), atol=2e-6)
+    # the magnitude feature of normalised windows is a different number: the statistics would differ
+    assert not np.allclose(window_features(Xn[:5]).numpy(), window_features(X[:5]).numpy(), atol=1e-2)
+    # the units travel in the checkpoint's kwargs, and a forest without them (older checkpoints) reads its input as is
+    rebuilt = create_model("rf", **model.kwargs)
+    rebuilt.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(rebuilt(Xn[200:]), model(Xn[200:]))
+        old = create_model("rf", **{k: v for k, v in model.kwargs.items() if k not in ("mean", "std")})
+        old.load_state_dict(model.state_dict())
+        assert not torch.equal(old(Xn[200:]), model(Xn[200:]))
+
+
 def test_a_class_absent_from_train_gets_no_probability():
     X, y = _data(K=4)
     keep = y != 2
@@ -75,6 +100,7 @@ def test_rf_runs_through_train_evaluate_report(tmp_path, windows_npz):
     m = run(TrainConfig(model="rf", progress=False, batch_size=16, threads=1), tmp_path / "w", tmp_path / "run")
     assert m["model"] == "rf" and m["epochs_run"] == 1 and m["params"] > 0
     model, ckpt = load_model(tmp_path / "run")  # a plain torch checkpoint: loads with weights_only
+    assert ckpt["model_kwargs"]["mean"] == ckpt["norm"]["mean"] and ckpt["model_kwargs"]["std"] == ckpt["norm"]["std"]
     rebuilt = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
     assert type(rebuilt) is type(model)
     ev = evaluate.run(evaluate.EvalConfig(skip_latency=True), tmp_path / "run")

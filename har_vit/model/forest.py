@@ -17,6 +17,7 @@ torch.Size([2, 79])
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +68,11 @@ class ForestConfig:
     trees: int = 300
     nodes: int = 1  # nodes per tree, padded to the largest tree
     depth: int = 0  # the deepest leaf; inference walks this many steps
+    # The normalisation its input arrives in (the run's ``norm``): the statistics are taken of
+    # ``x * std + mean``, the sensor's own units, where the magnitude of (x, y, z) is the
+    # physical one. Empty (checkpoints from before): taken of the input as it comes.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
 
 
 class ForestClassifier(nn.Module):
@@ -87,6 +93,10 @@ class ForestClassifier(nn.Module):
         self.register_buffer("left", torch.zeros(n, k, dtype=torch.int64))
         self.register_buffer("right", torch.zeros(n, k, dtype=torch.int64))
         self.register_buffer("value", torch.full((n, k, cfg.num_classes), 1.0 / cfg.num_classes))
+        # Not persistent: they come from the config (model_kwargs), so older checkpoints still load.
+        mean, std = (cfg.mean, cfg.std) if cfg.mean else ((0.0,) * cfg.channels, (1.0,) * cfg.channels)
+        self.register_buffer("in_mean", torch.tensor(mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("in_std", torch.tensor(std, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from har_vit.core.errors import UsageError
@@ -94,7 +104,8 @@ class ForestClassifier(nn.Module):
         T, C = self.cfg.window, self.cfg.channels
         if not torch.jit.is_tracing() and (x.ndim != 3 or tuple(x.shape[1:]) != (T, C)):
             raise UsageError(f"the model takes windows of shape (batch, {T}, {C}), got {tuple(x.shape)}")
-        feats = window_features(x, T, C).double()  # (B, F)
+        raw = x.float() * self.in_std + self.in_mean if self.cfg.mean else x
+        feats = window_features(raw, T, C).double()  # (B, F)
         n, k = self.cfg.trees, self.cfg.nodes
         base = torch.arange(n, device=x.device) * k  # (trees,): offset of each tree's nodes
         feature, threshold = self.feature.flatten(), self.threshold.flatten()
@@ -116,11 +127,19 @@ class ForestClassifier(nn.Module):
 
 
 def fit_forest(X: torch.Tensor, y: np.ndarray, num_classes: int, seed: int, trees: int = 300,
-               threads: int | None = None) -> ForestClassifier:
-    """Fit scikit-learn's RandomForestClassifier on :func:`window_features` of ``X`` and pack it as tensors."""
+               threads: int | None = None, norm: dict[str, Any] | None = None) -> ForestClassifier:
+    """Fit scikit-learn's RandomForestClassifier on :func:`window_features` of ``X`` and pack it as tensors.
+
+    ``norm`` (``{"mean", "std"}`` per channel): ``X`` comes normalised with it, as the
+    trainer's windows do; the statistics are then taken in sensor units (``X * std + mean``),
+    at fitting and in the packed model alike.
+    """
     from sklearn.ensemble import RandomForestClassifier
 
-    feats = window_features(X.cpu()).numpy()
+    X = X.cpu().float()
+    if norm is not None:
+        X = X * torch.tensor(norm["std"], dtype=torch.float32) + torch.tensor(norm["mean"], dtype=torch.float32)
+    feats = window_features(X).numpy()
     rf = RandomForestClassifier(n_estimators=trees, random_state=seed, n_jobs=threads or -1)
     rf.fit(feats, y)
     T, C = X.shape[1:]
@@ -128,8 +147,9 @@ def fit_forest(X: torch.Tensor, y: np.ndarray, num_classes: int, seed: int, tree
     depth = max(e.tree_.max_depth for e in rf.estimators_)
     from har_vit.model.variants import create_model
 
+    units = {} if norm is None else {"mean": [float(v) for v in norm["mean"]], "std": [float(v) for v in norm["std"]]}
     model = create_model("rf", window=int(T), channels=int(C), num_classes=num_classes, trees=trees, nodes=int(nodes),
-                         depth=int(depth))
+                         depth=int(depth), **units)
     with torch.no_grad():
         for t, est in enumerate(rf.estimators_):
             tr = est.tree_

@@ -78,10 +78,11 @@ def _forest(window: int, channels: int, num_classes: int, **fitted: Any):
     """An unfitted-shape forest; ``fitted`` (trees, nodes, depth) comes from a checkpoint's model_kwargs."""
     from har_vit.model.forest import ForestClassifier, ForestConfig
 
-    unknown = sorted(set(fitted) - {"trees", "nodes", "depth"})
+    unknown = sorted(set(fitted) - {"trees", "nodes", "depth", "mean", "std"})
     if unknown:
-        raise UsageError(f"unknown model option(s) {unknown} for 'rf'; valid options: trees, nodes, depth")
-    model = ForestClassifier(ForestConfig(window, channels, num_classes, **fitted))
+        raise UsageError(f"unknown model option(s) {unknown} for 'rf'; valid options: trees, nodes, depth, mean, std")
+    model = ForestClassifier(ForestConfig(window, channels, num_classes,
+                                          **{k: tuple(v) if k in ("mean", "std") else v for k, v in fitted.items()}))
     model.name = "rf"
     model.kwargs = {"window": window, "channels": channels, "num_classes": num_classes, **fitted}
     return model

@@ -289,7 +289,8 @@ def baseline_scores(w: Mapping[str, Any], run_dir: Path, train_man: Mapping[str,
     train = load_npz(run_dir / "split.npz", ("train",))["train"]
     seed = int((train_man.get("config") or {}).get("seed", 0))
     t0 = time.perf_counter()
-    forest = fit_forest(normalise(torch.from_numpy(w["X"][train]), ckpt["norm"]), w["y"][train], num_classes, seed)
+    forest = fit_forest(normalise(torch.from_numpy(w["X"][train]), ckpt["norm"]), w["y"][train], num_classes, seed,
+                        norm=ckpt["norm"])
     fit_s = time.perf_counter() - t0
     pred = inference.labels(forest, ckpt["norm"], w["X"][test], torch.device("cpu"), 1024)
     y = w["y"][test]

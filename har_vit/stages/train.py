@@ -198,7 +198,7 @@ def _fit_classical(cfg: TrainConfig, windows_dir: Path, out: Path, data: Data, c
         raise UsageError("--model rf fits on one process; run it without torchrun")
     t0 = time.perf_counter()
     model = fit_forest(data.X_train, data.y_train.cpu().numpy(), len(data.class_names), cfg.seed,
-                       threads=cfg.threads)
+                       threads=cfg.threads, norm=data.norm)
     fit_s = time.perf_counter() - t0
     row = {"epoch": 1, "lr": 0.0, "train_loss": float("nan"), "train_acc": float("nan"),
            **evaluate_split(model, data.X_val.cpu(), data.y_val.cpu(), cfg.eval_batch_size, torch.device("cpu"))}
