@@ -136,6 +136,11 @@ def windows(**kw: Any) -> None:
 
     v = resolve("windows", kw)
     cfg = build(stage.WindowConfig, v)
+    is_npz = str(v["data_path"] or "").lower().endswith(".npz")
+    if not v["in_dir"] and is_npz and v.get("dataset") not in ("npz", "wisdm"):  # wisdm: the default, so not a choice
+        raise UsageError(f"--dataset {v['dataset']} with --data-path {v['data_path']}: an .npz holds windows; pass "
+                         f"--dataset npz to import it, or ingest the {v['dataset']} logs first (python pipeline.py "
+                         f"ingest --dataset {v['dataset']} --data-path ...)")
     if v["in_dir"]:
         m = stage.run(cfg, v["in_dir"], v["out"])
     elif v.get("dataset") == "npz" or str(v["data_path"] or "").lower().endswith(".npz"):

@@ -94,6 +94,18 @@ def test_windows_command_checks_its_npz_as_ingest_does(tmp_path):
     assert err.startswith(f"error: windows reads windows, not raw logs: for {log} run ingest first")
 
 
+def test_windows_refuses_an_npz_named_as_another_dataset(tmp_path, windows_npz):
+    """--dataset wisdm2019 with an .npz: the user meant one of the two; the windows are not imported silently."""
+    rc, err = cli("windows", "--workdir", tmp_path, "--dataset", "wisdm2019", "--data-path", windows_npz,
+                  "--out", tmp_path / "o")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "o").exists()  # 2: a usage error
+    assert err.strip() == (f"error: --dataset wisdm2019 with --data-path {windows_npz}: an .npz holds windows; pass "
+                           "--dataset npz to import it, or ingest the wisdm2019 logs first (python pipeline.py ingest "
+                           "--dataset wisdm2019 --data-path ...)")
+    rc, _ = cli("windows", "--workdir", tmp_path, "--dataset", "npz", "--data-path", windows_npz, "--out", tmp_path / "o")
+    assert rc == 0 and (tmp_path / "o" / "windows.npz").is_file()
+
+
 def test_npz_without_data_path_names_what_runs_now(tmp_path):
     rc, err = cli("ingest", "--workdir", tmp_path, "--dataset", "npz", "--out", tmp_path / "o")
     assert rc == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err
