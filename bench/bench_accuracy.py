@@ -17,7 +17,11 @@ Protocols:
   k = users 6k+1..6k+6), every fold for every seed; the row's mean is over folds x seeds;
 - ``random``: shared v1.1 windows, random 70/10/20 (LEAKY: the same users on both sides);
 - ``w2019-subject``: the shared WISDM 2019 phone accelerometer logs (22 users, 18
-  activities) ingested and cut 128/64 by the pipeline, default subject split by seed.
+  activities) ingested and cut 128/64 by the pipeline, default subject split by seed
+  (each seed draws its own 4 test users, so the three seeds are three different splits);
+- ``w2019-default``: the same windows, test users 1609, 1622, 1634, 1638 (the split
+  ``run --dataset wisdm2019`` tests on: seed 0's), validation users drawn by the seed, as
+  ``users29-36`` does for v1.1: one split, the seed varies the model.
 
 Recipes: ``default`` is what ``pipeline.py run`` does with no options (``ema``: the same with
 ``--ema 0.998``); ``article`` is the
@@ -68,7 +72,8 @@ OUT = RESULTS / "accuracy.json"
 # Every finished model's result, one JSON line each, committed: a grid interrupted in one session
 # resumes in the next from here (the --work folder holds the same results and is not committed).
 RUNS_LOG = RESULTS / "accuracy_runs.jsonl"
-PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject")
+PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject", "w2019-default")
+W2019_DEFAULT_TEST_USERS = (1609, 1622, 1634, 1638)  # make_split(seed=0) of the shared WISDM 2019 windows
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
     "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
@@ -94,7 +99,7 @@ def tta_of(recipe: str) -> int:
 
 def windows_for(protocol: str, work: Path) -> Path:
     """The windows folder a protocol reads, built once under ``work``."""
-    if protocol == "w2019-subject":
+    if protocol.startswith("w2019"):
         from har_vit.stages import ingest, windows
 
         out = work / "w2019" / "windows"
@@ -115,7 +120,8 @@ def jobs(protocol: str, seeds: list[int]) -> list[dict[str, Any]]:
         return [{"seed": s, "fold": k, "split": "subject", "test_users": tuple(range(6 * k + 1, 6 * k + 7))}
                 for s in seeds for k in range(6)]
     split = {"users29-36": dict(split="subject", test_users=tuple(range(29, 37))),
-             "random": dict(split="random"), "w2019-subject": dict(split="subject")}[protocol]
+             "random": dict(split="random"), "w2019-subject": dict(split="subject"),
+             "w2019-default": dict(split="subject", test_users=W2019_DEFAULT_TEST_USERS)}[protocol]
     return [{"seed": s, "fold": None, **split} for s in seeds]
 
 
