@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Inference latency of each runtime side by side, in one run: eager PyTorch, frozen TorchScript,
 onnxruntime (as ``predict`` uses it; ``evaluate`` fixes the batch dimension, a row of its own),
-and a CUDA graph when a GPU is present.
+onnxruntime with int8 weights (``predict --runtime onnxruntime-int8``: not the same logits,
+its ``dtype`` says so; its accuracy is ``bench/bench_int8.py``'s), and a CUDA graph when a GPU is present.
 
 Each model and batch size is timed in a fresh process (batch-1 figures were about 1.5x worse
 after batch-256 runs in the same process); there every runtime gets the same random windows, ``--warmup``
@@ -90,6 +91,8 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
             # What evaluate's latency table uses: a session whose batch dimension is fixed to the batch.
             runtimes[ort_name + ", batch fixed"] = lambda: ort_call(
                 onnxruntime_session(model, NORM, T, C, threads, batch=batch)[0])
+            int8_sess, int8_name = onnxruntime_session(model, NORM, T, C, threads, batch=batch, int8=True)
+            runtimes[int8_name] = lambda: ort_call(int8_sess)
         except ImportError:
             print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
     x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
@@ -102,7 +105,7 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
         stats = time_calls(run, x, repeats, warmup, cuda)
         target = TARGETS_MS.get((device, name)) if batch == 1 else None
         rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
-                     "runtime": rt_name, **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
+                     "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
                      "parity_vs_eager": relative_diff(got, want), "target_ms": target,
                      "meets_target": None if target is None else stats["median_ms"] <= target})
     return rows
@@ -142,13 +145,14 @@ def main() -> None:
             for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
                 rows.append(row)
                 target = row["target_ms"]
-                print(f"{name:5s} batch {batch:4d}  {row['runtime']:52s} median {row['median_ms']:8.3f} ms  "
+                print(f"{name:5s} batch {batch:4d}  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
                       f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
                       + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
                       flush=True)
     out = Path(a.out) if a.out else RESULTS / f"latency_{a.device}.json"
     write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device, "threads": threads,
-                     "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches, "dtype": "float32",
+                     "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches,
+                     "dtype": "float32, except the rows whose dtype is int8 weights",
                      "input": "random windows (batch, 128, 3); normalisation inside every runtime",
                      "process": "a fresh process per model and batch size", "rows": rows})
     print(f"-> {out}")

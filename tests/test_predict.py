@@ -292,14 +292,26 @@ def test_windows_folder_rebuilt_with_another_window_is_refused(tmp_path):
         run(CPU, run_dir, log, tmp_path / "p.csv")
 
 
-def test_onnxruntime_answers_like_eager_pytorch_and_says_which_ran(run_dir, tmp_path):
+def beside_eager(run_dir, tmp_path, runtime):
+    """``predict`` of the same log with ``runtime`` and with eager PyTorch: (its summary, eager's, their CSVs)."""
     pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
     log = tmp_path / "phone.txt"
     make_unlabelled_log(log)
-    fast = run(PredictConfig(device="cpu", step=8, runtime="onnxruntime"), run_dir, log, tmp_path / "fast.csv")
+    fast = run(PredictConfig(device="cpu", step=8, runtime=runtime), run_dir, log, tmp_path / "fast.csv")
     slow = run(PredictConfig(device="cpu", step=8, runtime="eager"), run_dir, log, tmp_path / "slow.csv")
-    assert fast["runtime"].startswith("onnxruntime ") and fast["runtime_parity"] <= 1e-4
     assert slow["runtime"] == "eager PyTorch" and slow["runtime_parity"] is None
-    a, b = pd.read_csv(tmp_path / "fast.csv"), pd.read_csv(tmp_path / "slow.csv")
+    return fast, slow, pd.read_csv(tmp_path / "fast.csv"), pd.read_csv(tmp_path / "slow.csv")
+
+
+def test_onnxruntime_answers_like_eager_pytorch_and_says_which_ran(run_dir, tmp_path):
+    fast, slow, a, b = beside_eager(run_dir, tmp_path, "onnxruntime")
+    assert fast["runtime"].startswith("onnxruntime ") and fast["runtime_parity"] <= 1e-4
     assert (a["predicted"] == b["predicted"]).all()
     np.testing.assert_allclose(a.filter(like="p_"), b.filter(like="p_"), atol=1e-4)
+
+
+def test_int8_weights_answer_when_asked_and_the_output_says_so(run_dir, tmp_path):
+    q, _, a, b = beside_eager(run_dir, tmp_path, "onnxruntime-int8")
+    assert "int8 weights" in q["runtime"] and 0 < q["runtime_parity"] <= 0.1  # quantised, so not eager's logits
+    assert len(a) == len(b) and (a["first_line"] == b["first_line"]).all()
+    np.testing.assert_allclose(a.filter(like="p_").sum(axis=1), 1.0, atol=1e-5)

@@ -78,26 +78,56 @@ def test_eager_when_asked_and_on_a_gpu_device():
         runtime.fast_runtime(model, NORM, "onnxruntime", device=torch.device("cuda"))
 
 
+def test_int8_weights_are_quantised_close_to_eager_and_only_when_asked_for():
+    model = trained_like("seed")
+    q = runtime.fast_runtime(model, NORM, "onnxruntime-int8", threads=1, batch=1)
+    assert q.name.endswith(", int8 weights, batch fixed to 1)") and q.note is None
+    # Really quantised (float32 onnxruntime is within 1e-5), and within the int8 bound.
+    assert runtime.TOLERANCE < q.parity <= runtime.INT8_TOLERANCE
+    x = (np.random.default_rng(3).standard_normal((5, 64, 3)) * 4 + NORM["mean"]).astype(np.float32)
+    got = np.concatenate([q(x[i:i + 1]) for i in range(len(x))])
+    assert got.shape == (5, 6) and runtime.relative_diff(got, runtime.eager(model, NORM)(x)) <= runtime.INT8_TOLERANCE
+    assert "int8" not in runtime.fast_runtime(model, NORM, "auto", threads=1).name
+    with pytest.raises(UsageError, match="--runtime onnxruntime-int8 runs on the CPU"):
+        runtime.fast_runtime(model, NORM, "onnxruntime-int8", device=torch.device("cuda"))
+
+
+def test_the_int8_graph_multiplies_in_integers(tmp_path):
+    import onnx
+
+    from har_vit.stages.export import RawInputModel, write_onnx
+
+    write_onnx(RawInputModel(trained_like("seed"), NORM), torch.zeros(1, 64, 3), tmp_path / "f.onnx", runtime.OPSET)
+    ops = {n.op_type for n in onnx.load(str(runtime.quantise_int8(tmp_path / "f.onnx", tmp_path / "q.onnx"))).graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "DynamicQuantizeLinear" in ops
+
+
 def test_a_runtime_that_differs_is_not_used(monkeypatch):
     model = trained_like("tiny")
     real = runtime.onnxruntime_session
 
-    def off_by_a_bit(*a, **kw):
-        sess, name = real(*a, **kw)
+    def off_by(skew):
+        def session(*a, **kw):
+            sess, name = real(*a, **kw)
 
-        class Skewed:
-            def run(self, names, feeds):
-                return [sess.run(names, feeds)[0] + 1e-2]
+            class Skewed:
+                def run(self, names, feeds):
+                    return [sess.run(names, feeds)[0] + skew]
 
-            def get_inputs(self):
-                return sess.get_inputs()
-        return Skewed(), name
+                def get_inputs(self):
+                    return sess.get_inputs()
+            return Skewed(), name
+        return session
 
-    monkeypatch.setattr(runtime, "onnxruntime_session", off_by_a_bit)
+    monkeypatch.setattr(runtime, "onnxruntime_session", off_by(1e-2))
     rt = runtime.fast_runtime(model, NORM, "auto")
     assert rt.name == "eager PyTorch" and re.search(r"differs from eager PyTorch by \d\.\de-0[23] \(> 0.0001\)", rt.note)
     with pytest.raises(UsageError, match="differs from eager PyTorch"):
         runtime.fast_runtime(model, NORM, "onnxruntime")
+    assert runtime.fast_runtime(model, NORM, "onnxruntime-int8").parity <= runtime.INT8_TOLERANCE  # within int8's bound
+    monkeypatch.setattr(runtime, "onnxruntime_session", off_by(1.0))
+    with pytest.raises(UsageError, match=r"--runtime onnxruntime-int8: .*int8 weights\) differs .* \(> 0.1\)"):
+        runtime.fast_runtime(model, NORM, "onnxruntime-int8")
 
 
 def test_without_onnxruntime_auto_falls_back_and_onnxruntime_is_a_usage_error(monkeypatch):
@@ -114,6 +144,8 @@ def test_without_onnxruntime_auto_falls_back_and_onnxruntime_is_a_usage_error(mo
     assert rt.name == "eager PyTorch" and "not installed" in rt.note
     with pytest.raises(UsageError, match="onnxruntime is not installed"):
         runtime.fast_runtime(model, NORM, "onnxruntime")
+    with pytest.raises(UsageError, match="--runtime onnxruntime-int8: onnxruntime is not installed"):
+        runtime.fast_runtime(model, NORM, "onnxruntime-int8")
 
 
 @pytest.mark.parametrize("n", [1, 5, 8, 13])

@@ -14,6 +14,12 @@ On a GPU the forward pass is captured once as a CUDA graph for a fixed batch
 launches), held to the same check. Otherwise, or without onnxruntime, eager PyTorch runs,
 and the reason is kept in :attr:`Runtime.note`.
 
+``onnxruntime-int8`` is never picked by ``auto``: it is the same graph with its MatMul/Gemm
+weights quantised to int8 (onnxruntime's dynamic quantisation: activations quantised per call),
+which runs the article's network 2-3x faster at batch 1 on CPUs with VNNI, but whose
+logits are not eager PyTorch's. It is held to :data:`INT8_TOLERANCE` instead, and the cost in
+accuracy on real test windows is measured by ``bench/bench_int8.py``.
+
 >>> from har_vit.model import create_model
 >>> rt = fast_runtime(create_model("tiny", window=32), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "eager")
 >>> rt.name, rt(np.zeros((2, 32, 3), np.float32)).shape
@@ -32,10 +38,13 @@ from torch import nn
 
 from har_vit.core.errors import UsageError
 
-RUNTIMES = ("auto", "onnxruntime", "eager")
+RUNTIMES = ("auto", "onnxruntime", "onnxruntime-int8", "eager")
 GRAPH_BATCH = 256  # a CUDA graph's batch when none is asked for: bigger calls are cut, smaller ones padded
 OPSET = 17  # the TorchScript-based exporter: fast, and enough for these models
 TOLERANCE = 1e-4
+# int8 weights move logits by a few percent of the largest one (0.017-0.053 on the article's
+# network trained on WISDM v1.1, bench/results/int8_accuracy.json); more than this is a bad quantisation.
+INT8_TOLERANCE = 0.1
 CHECK_WINDOWS = 64
 
 
@@ -66,12 +75,13 @@ def eager(model: nn.Module, norm: Mapping[str, Any], device: torch.device | None
 
 
 def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, channels: int,
-                        threads: int | None = None, batch: int | None = None) -> tuple[Any, str]:
+                        threads: int | None = None, batch: int | None = None, int8: bool = False) -> tuple[Any, str]:
     """An onnxruntime session of ``model`` with ``norm`` inside, and its description. ImportError without onnxruntime.
 
     ``batch``: fix the graph's batch dimension to this size. The session then takes only
     batches of that size, and its optimiser folds away the shape arithmetic a symbolic batch
     needs (about half the graph's nodes), which is most of the time at batch 1.
+    ``int8``: quantise the graph's MatMul/Gemm weights to int8 first (:func:`quantise_int8`).
     """
     import onnxruntime as ort
 
@@ -81,6 +91,8 @@ def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, 
     with tempfile.TemporaryDirectory(prefix="har-vit-onnx-") as tmp:
         path = Path(tmp) / "model.onnx"
         write_onnx(RawInputModel(model.cpu().eval(), norm), torch.zeros(1, window, channels), path, OPSET)
+        if int8:
+            path = quantise_int8(path, Path(tmp) / "model.int8.onnx")
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
@@ -91,15 +103,35 @@ def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, 
             so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
         sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == INPUT_NAME
-    return sess, describe_onnxruntime(threads, "" if batch is None else f"batch fixed to {batch}")
+    extras = (["int8 weights"] if int8 else []) + ([] if batch is None else [f"batch fixed to {batch}"])
+    return sess, describe_onnxruntime(threads, ", ".join(extras))
 
 
-def describe_onnxruntime(threads: int, batch: str = "") -> str:
+def quantise_int8(src: Path, dst: Path) -> Path:
+    """``src`` with its MatMul/Gemm weights quantised to signed int8 (onnxruntime's dynamic quantisation), at ``dst``.
+
+    Activations are quantised on the fly per call; norms, softmax and the rest stay float32.
+    """
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # The quantiser logs a warning for every shape tensor it cannot type (they are not weights).
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    finally:
+        logging.getLogger().setLevel(quiet)
+    return dst
+
+
+def describe_onnxruntime(threads: int, extras: str = "") -> str:
     """How an onnxruntime session here runs, e.g. ``onnxruntime 1.32.0 (CPU, 2 threads, opset 17)``."""
     import onnxruntime as ort
 
     return f"onnxruntime {ort.__version__} (CPU, {threads} thread{'s' if threads > 1 else ''}, opset {OPSET}" + (
-        f", {batch})" if batch else ")")
+        f", {extras})" if extras else ")")
 
 
 def in_fixed_batches(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int) -> np.ndarray:
@@ -169,7 +201,8 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     """The runtime to use for ``model`` (see the module docstring).
 
     ``runtime``: ``auto`` (onnxruntime on the CPU when installed and equal, else eager),
-    ``onnxruntime`` (a UsageError when it is not installed), or ``eager``. ``check``: the
+    ``onnxruntime`` (a UsageError when it is not installed), ``onnxruntime-int8`` (the same with
+    int8 weights, held to :data:`INT8_TOLERANCE`; never picked by ``auto``) or ``eager``. ``check``: the
     windows the parity check runs on (default: 64 random windows at the model's scale).
     ``batch``: an onnxruntime session for batches of exactly this size (faster at batch 1,
     see :func:`onnxruntime_session`); the parity check then runs in batches of that size.
@@ -181,8 +214,12 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     if runtime not in RUNTIMES:
         raise UsageError(f"--runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
     device = device or torch.device("cpu")
-    if device.type != "cpu" and runtime == "onnxruntime":
-        raise UsageError("--runtime onnxruntime runs on the CPU; use --device cpu, or --runtime eager on the GPU")
+    if device.type != "cpu" and runtime.startswith("onnxruntime"):
+        raise UsageError(f"--runtime {runtime} runs on the CPU; use --device cpu, or --runtime eager on the GPU")
+    explicit = runtime != "auto"  # asked for by name: a runtime that cannot run is an error, not a fallback
+    int8 = runtime == "onnxruntime-int8"
+    if int8:
+        tolerance = max(tolerance, INT8_TOLERANCE)
     reference = eager(model, norm, device)
     if runtime == "eager" or device.type not in ("cpu", "cuda"):
         return reference
@@ -204,15 +241,15 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
                            note=f"{graphed.name} differs from eager PyTorch by {diff:.1e} (> {tolerance:g}): eager PyTorch")
         return Runtime(graphed.name, graphed.run, parity=diff)
     try:
-        sess, name = onnxruntime_session(model, norm, window, channels, threads, batch)
+        sess, name = onnxruntime_session(model, norm, window, channels, threads, batch, int8=int8)
     except ImportError:
-        if runtime == "onnxruntime":
-            raise UsageError("--runtime onnxruntime: onnxruntime is not installed (pip install onnxruntime, "
+        if explicit:
+            raise UsageError(f"--runtime {runtime}: onnxruntime is not installed (pip install onnxruntime, "
                              "or pip install -e '.[export]')") from None
         return Runtime(reference.name, reference.run, note="onnxruntime is not installed: eager PyTorch")
     except Exception as e:  # noqa: BLE001 - an export the exporter cannot do: say so, run eager
-        if runtime == "onnxruntime":
-            raise UsageError(f"--runtime onnxruntime: the model could not be exported ({type(e).__name__}: "
+        if explicit:
+            raise UsageError(f"--runtime {runtime}: the model could not be exported ({type(e).__name__}: "
                              f"{str(e)[:200]}); use --runtime eager") from None
         return Runtime(reference.name, reference.run, note=f"ONNX export failed ({type(e).__name__}): eager PyTorch")
     from har_vit.stages.export import INPUT_NAME
@@ -226,7 +263,7 @@ def fast_runtime(model: nn.Module, norm: Mapping[str, Any], runtime: str = "auto
     diff = max(relative_diff(run(check[i:i + step]), reference(check[i:i + step])) for i in range(0, len(check), step))
     if diff > tolerance:
         note = f"{name} differs from eager PyTorch by {diff:.1e} (> {tolerance:g}): eager PyTorch"
-        if runtime == "onnxruntime":
-            raise UsageError(f"--runtime onnxruntime: {note}; use --runtime eager")
+        if explicit:
+            raise UsageError(f"--runtime {runtime}: {note}; use --runtime eager")
         return Runtime(reference.name, reference.run, note=note)
     return Runtime(name, run, parity=diff)
