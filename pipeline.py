@@ -143,7 +143,7 @@ def windows(**kw: Any) -> None:
                          f"ingest --dataset {v['dataset']} --data-path ...)")
     if v["in_dir"]:
         m = stage.run(cfg, v["in_dir"], v["out"])
-    elif v.get("dataset") == "npz" or str(v["data_path"] or "").lower().endswith(".npz"):
+    elif v.get("dataset") == "npz" or is_npz:
         from har_vit import datasets
         from har_vit.core.workspace import Workspace
         from har_vit.stages.ingest import IngestConfig

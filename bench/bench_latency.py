@@ -105,7 +105,8 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
         stats = time_calls(run, x, repeats, warmup, cuda)
         target = TARGETS_MS.get((device, name)) if batch == 1 else None
         rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
-                     "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats, "windows_per_s": batch / stats["median_ms"] * 1e3,
+                     "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats,
+                     "windows_per_s": batch / stats["median_ms"] * 1e3,
                      "parity_vs_eager": relative_diff(got, want), "target_ms": target,
                      "meets_target": None if target is None else stats["median_ms"] <= target})
     return rows

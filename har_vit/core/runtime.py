@@ -18,7 +18,8 @@ and the reason is kept in :attr:`Runtime.note`.
 weights quantised to int8 (onnxruntime's dynamic quantisation: activations quantised per call),
 which runs the article's network 2-3x faster at batch 1 on CPUs with VNNI, but whose
 logits are not eager PyTorch's. It is held to :data:`INT8_TOLERANCE` instead, and the cost in
-accuracy on real test windows is measured by ``bench/bench_int8.py``.
+accuracy on real test windows is measured by ``bench/bench_int8.py``. Activations are scaled
+by each call's range, so a window's int8 logits also depend on the windows in the same call.
 
 >>> from har_vit.model import create_model
 >>> rt = fast_runtime(create_model("tiny", window=32), {"mean": [0, 0, 0], "std": [1, 1, 1]}, "eager")
@@ -37,8 +38,8 @@ import torch
 from torch import nn
 
 from har_vit.core.errors import UsageError
+from har_vit.core.schema import RUNTIMES
 
-RUNTIMES = ("auto", "onnxruntime", "onnxruntime-int8", "eager")
 GRAPH_BATCH = 256  # a CUDA graph's batch when none is asked for: bigger calls are cut, smaller ones padded
 OPSET = 17  # the TorchScript-based exporter: fast, and enough for these models
 TOLERANCE = 1e-4

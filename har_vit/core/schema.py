@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, ...]] = {
     "run": JOB, "retrain": JOB + ("retrain",), "doctor": DATA, "cv": ("ingest", "windows", "train", "cv"),
 }
 DEVICES = ("auto", "cuda", "cpu")
+RUNTIMES = ("auto", "onnxruntime", "onnxruntime-int8", "eager")  # predict --runtime (har_vit.core.runtime)
 WHICH = ("best", "last")
 
 
@@ -231,13 +232,14 @@ _DECLARED = [
     _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed, a CUDA graph on a "
        "GPU, each only when its logits equal PyTorch's, else eager PyTorch), onnxruntime, onnxruntime-int8 (int8 "
        "weights: faster on the CPU, logits within 10% of PyTorch's; never picked by auto), or eager.", "predict",
-       choices=("auto", "onnxruntime", "onnxruntime-int8", "eager")),
+       choices=RUNTIMES),
     _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
        choices=WHICH),
     _o("tta", int, 0, "Test-time augmentation: also predict N fixed turned and scaled copies of every window (up to "
        "the run's --rotate and --scale) and average the class probabilities; 0 off. A window costs N + 1 forward "
        "passes (8: see the README's accuracy table).", ("evaluate", "predict"), min=0),
-    _o("predict_batch_size", int, 512, "Windows per forward pass when predicting (memory only, not results).",
+    _o("predict_batch_size", int, 512, "Windows per forward pass when predicting (memory only, not results; except with --runtime "
+       "onnxruntime-int8, whose answers move slightly with the windows in the same pass).",
        ("evaluate", "predict"), min=1),
     _o("latency_repeats", int, 100, "Timed runs per latency figure (>= 100 so that the p90 means something).",
        "evaluate", min=100),
