@@ -16,7 +16,7 @@ and the reason is kept in :attr:`Runtime.note`.
 
 ``onnxruntime-int8`` is never picked by ``auto``: it is the same graph with its MatMul/Gemm
 weights quantised to int8 (onnxruntime's dynamic quantisation: activations quantised per call),
-which runs the article's network 2-3x faster at batch 1 on CPUs with VNNI, but whose
+which runs the article's network 2-4x faster at batch 1 on CPUs with VNNI, but whose
 logits are not eager PyTorch's. It is held to :data:`INT8_TOLERANCE` instead, and the cost in
 accuracy on real test windows is measured by ``bench/bench_int8.py``. Activations are scaled
 by each call's range, so a window's int8 logits also depend on the windows in the same call.
