@@ -221,3 +221,26 @@ def test_dilated_stem_option_feeds_the_patches():
         create_model("tiny", stem=30)  # not a multiple of the 4 dilations
     with pytest.raises(UsageError, match="stem 32 needs joint_axes"):
         create_model("seed", stem=32)
+
+
+def test_window_scale_shows_small_movements_at_full_scale():
+    """``tiny_ws`` adds, per axis, the window standardised by its own mean and std and its log std."""
+    from har_vit.model.layers import WindowScale
+
+    g = torch.Generator().manual_seed(0)
+    still = torch.randn(2, 128, 3, generator=g) * 0.01 + torch.tensor([0.1, -1.5, 0.4])  # a near-static window
+    moving = still * 300 - 7  # the same movement, 300 times larger, elsewhere
+    a, b = WindowScale()(still), WindowScale()(moving)
+    assert a.shape == (2, 128, 9)
+    torch.testing.assert_close(a[..., :3], still)  # the input itself comes first
+    # the same shape at any size (within 1%: eps, a variance of 1e-6, is 1% of this still window's)
+    torch.testing.assert_close(a[..., 3:6], b[..., 3:6], atol=0, rtol=1e-2)
+    assert a[..., 3:6].std(dim=1).sub(1).abs().max() < 1e-2  # at unit scale, not at 1% of it
+    torch.testing.assert_close(b[:, 0, 6:] - a[:, 0, 6:], torch.full((2, 3), math.log(300)), atol=1e-2, rtol=0)
+    torch.testing.assert_close(a[:, 0, 6:], still.std(dim=1, unbiased=False).log(), atol=1e-2, rtol=0)
+    flat = WindowScale()(torch.ones(1, 128, 3))
+    assert torch.isfinite(flat).all() and flat[..., 3:6].abs().max() == 0  # a constant window stays finite
+    model = _model("tiny_ws")
+    assert model.cfg.window_scale and model.patch_embed.proj.kernel_size[1] == 9
+    with pytest.raises(UsageError, match="window_scale needs joint_axes"):
+        create_model("seed", window_scale=True)

@@ -19,6 +19,31 @@ from torch import nn
 from har_vit.model import noise
 
 
+class WindowScale(nn.Module):
+    """Add each window's own shape and level: ``(B, T, C)`` -> ``(B, T, 3C)``.
+
+    Per axis, the window minus its mean over its std, then the log of that std (constant
+    over time), after the input itself. Dataset-wide standardisation leaves the small
+    movements of sitting, typing or eating at about 1% of a channel's std (WISDM 2019
+    phone: median window std 0.007-0.03 of it for 11 of its 18 activities), where a network
+    hardly tells them apart; these channels show their shape at full scale and their size
+    on a log scale, as a forest's per-window statistics do. ``eps`` (a variance, in the
+    input's units) keeps a constant window finite.
+
+    >>> WindowScale()(torch.randn(2, 16, 3)).shape
+    torch.Size([2, 16, 9])
+    """
+
+    def __init__(self, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=1, keepdim=True)
+        std = (centred.pow(2).mean(dim=1, keepdim=True) + self.eps).sqrt()  # (B, 1, C)
+        return torch.cat([x, centred / std, std.log().expand_as(x)], dim=2)
+
+
 class PatchEmbed(nn.Module):
     """Cut a window into time patches and embed each one.
 

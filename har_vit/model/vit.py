@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from har_vit.core.errors import UsageError
-from har_vit.model.layers import Block, DilatedStem, Dropout, PatchEmbed, PatchMerge1d, SeedBlock
+from har_vit.model.layers import Block, DilatedStem, Dropout, PatchEmbed, PatchMerge1d, SeedBlock, WindowScale
 
 BLOCK_KINDS = ("seed", "prenorm")
 POOLS = ("flatten", "mean")
@@ -38,6 +38,7 @@ class ViTConfig:
     channels: int = 3  # accelerometer axes, C
     num_classes: int = 6
     patch: int = 4  # samples per patch; T must be a multiple
+    window_scale: bool = False  # add each window's standardised shape and log std per axis (layers.WindowScale)
     stem: int = 0  # width of a multi-dilation conv stem before the patches (joint_axes only); 0: none
     stem_kernel: int = 9
     stem_dilations: tuple[int, ...] = (1, 2, 4, 8)
@@ -85,6 +86,8 @@ class ViTConfig:
         if self.stem and (not self.joint_axes or self.stem % len(self.stem_dilations) or self.stem_kernel % 2 == 0):
             bad.append(f"stem {self.stem} needs joint_axes, a multiple of {len(self.stem_dilations)} dilations "
                        f"and an odd stem_kernel (got {self.stem_kernel})")
+        if self.window_scale and not self.joint_axes:
+            bad.append("window_scale needs joint_axes (its channels join the axes' tokens)")
         if self.merge not in MERGES:
             bad.append(f"merge '{self.merge}' is not one of {MERGES}")
         if self.init not in INITS:
@@ -127,8 +130,10 @@ class HarViT(nn.Module):
         super().__init__()
         self.cfg = cfg
         G, N, D0 = cfg.groups, cfg.num_patches, cfg.dims[0]
-        self.stem = DilatedStem(cfg.channels, cfg.stem, cfg.stem_kernel, cfg.stem_dilations) if cfg.stem else None
-        width = cfg.stem or cfg.channels
+        self.window_scale = WindowScale() if cfg.window_scale else None
+        cin = 3 * cfg.channels if cfg.window_scale else cfg.channels
+        self.stem = DilatedStem(cin, cfg.stem, cfg.stem_kernel, cfg.stem_dilations) if cfg.stem else None
+        width = cfg.stem or cin
         self.patch_embed = PatchEmbed(D0, cfg.patch, axes=width if cfg.joint_axes else 1, kernel=cfg.embed_kernel)
         # Without absolute positions the model sees order only through overlapping
         # patches, convs and merges: an activity looks the same wherever it starts.
@@ -174,6 +179,8 @@ class HarViT(nn.Module):
         if not torch.jit.is_tracing() and (x.ndim != 3 or tuple(x.shape[1:]) != (T, C)):
             raise UsageError(f"the model takes windows of shape (batch, {T}, {C}), got {tuple(x.shape)}; "
                              f"cut windows of {T} samples x {C} channels or build the model for this shape")
+        if self.window_scale is not None:
+            x = self.window_scale(x)  # (B, T, 3C)
         if self.stem is not None:
             x = self.stem(x)  # (B, T, stem)
         x = self.patch_embed(x)  # (B, G, N, D)
