@@ -1,6 +1,8 @@
 """Models trained together as one stacked model end as each would alone (float tolerance)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -47,9 +49,11 @@ def assert_same_run(alone, stacked):
     assert torch.equal(stacked["rng"]["augment"][0], alone["rng"]["augment"][0])
 
 
-def test_two_models_trained_together_equal_the_same_two_trained_apart(tmp_path, windows):
-    apart = [run(cfg, windows, tmp_path / f"apart{i}") for i, cfg in enumerate(CFGS)]
-    together = train_together(CFGS, windows, [tmp_path / f"together{i}" for i in range(2)], echo=lambda s: None)
+@pytest.mark.parametrize("model", ["tiny", "tiny_ws"])
+def test_two_models_trained_together_equal_the_same_two_trained_apart(tmp_path, windows, model):
+    cfgs = [dataclasses.replace(cfg, model=model) for cfg in CFGS]
+    apart = [run(cfg, windows, tmp_path / f"apart{i}") for i, cfg in enumerate(cfgs)]
+    together = train_together(cfgs, windows, [tmp_path / f"together{i}" for i in range(2)], echo=lambda s: None)
     sizes = {m["split"]["n_train"] for m in apart}
     assert len(sizes) == 2, "the two folds must differ in size"
     for i in range(2):
