@@ -24,8 +24,8 @@ Protocols:
   ``users29-36`` does for v1.1: one split, the seed varies the model.
 
 Recipes: ``default`` is what ``pipeline.py run`` does with no options (``ema``: the same with
-``--ema 0.998``; ``nojitter60``: the same with ``--jitter 0 --epochs 60 --patience 0``, for
-``tiny_ws``); ``article`` is the
+``--ema 0.998``; ``nojitter``: the same with ``--jitter 0``, and ``nojitter60`` with
+``--jitter 0 --epochs 60 --patience 0``, both for ``tiny_ws``); ``article`` is the
 article's training of its network (AdamW 5e-4, StepLR x0.1 every 10 epochs, batch 128,
 30 epochs, no warm-up, no early stopping), predicted one pass per window; ``tta`` scores the
 ``default`` recipe's trained models (the same run folders) with ``evaluate --tta 8`` and keeps
@@ -84,6 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # for tiny_ws: no noise to bury still windows' small movements; 60 epochs, as its training
     # accuracy still climbs at 30; no early stopping, since 2 validation users are a noisy guide
     "nojitter60": dict(jitter=0.0, epochs=60, patience=0),
+    "nojitter": dict(jitter=0.0),  # for tiny_ws: the default recipe but the jitter (a candidate default)
     "tta": {},  # the default recipe's models, predicted with test-time augmentation (evaluate --tta 8)
 }
 BASELINES = ("rf", "minirocket")
