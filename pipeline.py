@@ -413,11 +413,14 @@ def sweep(config: str) -> None:
 @cli.command(context_settings=HELP)
 def models() -> None:
     """List the model variants with their parameter counts at 128 x 3, 6 classes."""
+    from har_vit.core.schema import OPTIONS
     from har_vit.model import create_model, list_models
 
+    default = OPTIONS["model"].default
     for name in list_models(classical=False):
         m = create_model(name)
-        click.echo(f"{name:12s} {sum(p.numel() for p in m.parameters()):>12,} params")
+        click.echo(f"{name:12s} {sum(p.numel() for p in m.parameters()):>12,} params"
+                   + ("        the default of train, run, retrain and cv" if name == default else ""))
     click.echo(f"{'rf':12s} {'fitted':>12s}        random forest (300 trees) on per-window statistics: the classical baseline")
 
 

@@ -23,18 +23,19 @@ Protocols:
   ``run --dataset wisdm2019`` tests on: seed 0's), validation users drawn by the seed, as
   ``users29-36`` does for v1.1: one split, the seed varies the model.
 
-Recipes: ``default`` is what ``pipeline.py run`` does with no options (``ema``: the same with
-``--ema 0.998``; ``nojitter``: the same with ``--jitter 0``, and ``nojitter60`` with
-``--jitter 0 --epochs 60 --patience 0``, both for ``tiny_ws``); ``article`` is the
+Recipes: ``default`` is what ``pipeline.py run`` does with no options; ``jitter`` is the
+default recipe until 2026-12-02 (``--jitter 0.05``; ``jitter_ema``: the same with ``--ema
+0.998``); ``nojitter60`` is ``--jitter 0 --epochs 60 --patience 0``; ``article`` is the
 article's training of its network (AdamW 5e-4, StepLR x0.1 every 10 epochs, batch 128,
-30 epochs, no warm-up, no early stopping), predicted one pass per window; ``tta`` scores the
-``default`` recipe's trained models (the same run folders) with ``evaluate --tta 8`` and keeps
-each run's plain scores in ``without_tta``; ``fit`` marks the classical baselines. Finished
+30 epochs, no warm-up, no early stopping), predicted one pass per window; ``tta`` and
+``jitter_tta`` score the ``default`` and ``jitter`` recipes' trained models (the same run
+folders) with ``evaluate --tta 8`` and keep each run's plain scores in ``without_tta``;
+``fit`` marks the classical baselines. Finished
 runs are cached in ``--work``, so an interrupted grid resumes; rows are merged into the
 results file by (model, recipe, protocol, device, dtype, epochs).
 
     python bench/bench_accuracy.py --models rf minirocket --protocols users29-36 cv6 random w2019-subject
-    python bench/bench_accuracy.py --models tiny --recipe default --protocols users29-36 cv6
+    python bench/bench_accuracy.py --models tiny_ws --recipe default --protocols users29-36 cv6
     python bench/bench_accuracy.py --models seed --recipe article --protocols users29-36
     python bench/bench_accuracy.py --table     # the README's accuracy table, from the results file
 """
@@ -77,22 +78,26 @@ PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject", "w2019-default")
 W2019_DEFAULT_TEST_USERS = (1609, 1622, 1634, 1638)  # make_split(seed=0) of the shared WISDM 2019 windows
 RECIPES: dict[str, dict[str, Any]] = {
     "default": {},
+    # The article's optimiser and schedule; the augmentation its rows were measured with (the
+    # defaults until 2026-12-02, jitter 0.05 included).
     "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
-                    weight_decay=0.01, batch_size=128, epochs=30, patience=0),
+                    weight_decay=0.01, batch_size=128, epochs=30, patience=0, jitter=0.05),
     "aug": dict(rotate=180.0, scale=0.1, jitter=0.05, time_warp=0.1),
-    "ema": dict(ema=0.998),  # the default recipe with weight averaging (horizon ~500 steps)
-    # for tiny_ws: no noise to bury still windows' small movements; 60 epochs, as its training
-    # accuracy still climbs at 30; no early stopping, since 2 validation users are a noisy guide
+    # The default recipe until 2026-12-02, when the default model was tiny: noise of 0.05 std.
+    "jitter": dict(jitter=0.05),
+    "jitter_ema": dict(jitter=0.05, ema=0.998),  # with weight averaging (horizon ~500 steps)
+    "jitter_tta": dict(jitter=0.05),  # the jitter recipe's models, predicted with evaluate --tta 8
+    # 60 epochs without early stopping (2 validation users are a noisy guide on WISDM 2019)
     "nojitter60": dict(jitter=0.0, epochs=60, patience=0),
-    "nojitter": dict(jitter=0.0),  # for tiny_ws: the default recipe but the jitter (a candidate default)
     "tta": {},  # the default recipe's models, predicted with test-time augmentation (evaluate --tta 8)
+    "lr1e-3": dict(lr=1e-3),  # a probe: twice the default peak learning rate
 }
 BASELINES = ("rf", "minirocket")
 # Test-time augmentation per recipe (extra views per window): the article predicts each window once;
 # every other recipe predicts as `evaluate` does by default.
-TTA = {"article": 0, "tta": 8}
+TTA = {"article": 0, "tta": 8, "jitter_tta": 8}
 # Recipes that differ from another only in how the test windows are predicted share its trained models.
-TRAINED_AS = {"tta": "default"}
+TRAINED_AS = {"tta": "default", "jitter_tta": "jitter"}
 
 
 def tta_of(recipe: str) -> int:
@@ -232,9 +237,19 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def scored_tag(model: str, recipe: str, protocol: str, job: dict[str, Any], epochs: int | None, device: str) -> str:
+    """The runs log's key of one model's scores: the trained model's tag (shared by every TTA
+    setting of a recipe, see TRAINED_AS), plus ``-ttaN`` when its test windows were predicted with TTA."""
+    opts = {**RECIPES.get(recipe, {}), **({"epochs": epochs} if epochs else {})}
+    n_tta = 0 if model in BASELINES else tta_of(recipe)
+    trained = TRAINED_AS.get(recipe, recipe)
+    tag = f"{model}-{trained}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{device}"
+    return tag + (f"-tta{n_tta}" if n_tta else "")
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["tiny"], choices=list_models() + ["minirocket"])
+    ap.add_argument("--models", nargs="+", default=["tiny_ws"], choices=list_models() + ["minirocket"])
     ap.add_argument("--recipe", default="default", choices=sorted(RECIPES), help="networks only")
     ap.add_argument("--protocols", nargs="+", default=["users29-36"], choices=PROTOCOLS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -245,7 +260,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--runs-log", default=str(RUNS_LOG), help="one JSON line per finished model (read to resume)")
     ap.add_argument("--table", action="store_true", help="print the README table from --out and exit")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = parser().parse_args()
     out = Path(a.out)
     if a.table:
         print(table(json.loads(out.read_text())))
@@ -270,10 +289,9 @@ def main() -> None:
             opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
             runs = []
             for job in jobs(protocol, a.seeds):
-                trained = TRAINED_AS.get(recipe, recipe)
-                tag = f"{model}-{trained}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{a.device}"
                 # The trained model is shared by every TTA setting; its scores are not.
-                scored = tag + (f"-tta{n_tta}" if n_tta else "")
+                scored = scored_tag(model, recipe, protocol, job, a.epochs, a.device)
+                tag = scored.removesuffix(f"-tta{n_tta}") if n_tta else scored
                 cached = work / "runs" / tag / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
                 if scored in logged or cached.is_file():
                     runs.append(logged[scored] if scored in logged else json.loads(cached.read_text()))

@@ -37,7 +37,7 @@ EOF
 if [ "$QUICK" = 1 ]; then
   TESTS="tests/test_stacked.py::test_stacked_adamw_is_torch_adamw_per_model"
   TRAIN=(--windows 2000 --steps 2 --warmup 1 --repeats 1 --run-epochs 1 --stack-folds 2 --stack-seeds 1)
-  LAT=(--repeats 100 --warmup 2 --models tiny)
+  LAT=(--repeats 100 --warmup 2 --models tiny_ws)
   ACC=(--seeds 0 --epochs 1)
 else
   TESTS="tests/test_graphs.py tests/test_augment.py tests/test_train.py tests/test_evaluate.py tests/test_doctor.py tests/test_stacked.py"
@@ -49,12 +49,12 @@ fi
 # 1. The tests that need a GPU (and the stacked trainer's tests on the machine's CPU).
 step tests 240 python -m pytest -q -p no:cacheprovider -x $TESTS
 # 2. Training throughput: on-device trainer vs DataLoader vs CUDA-graph trainer, 100 real epochs, 18 CV models stacked vs sequential.
-step bench_train 300 python bench/bench_train.py --devices "$DEVICE" --models tiny seed "${TRAIN[@]}" \
+step bench_train 300 python bench/bench_train.py --devices "$DEVICE" --models tiny_ws seed "${TRAIN[@]}" \
   --out "$OUT/train_$DEVICE.json"
 # 3. Latency: eager vs TorchScript vs CUDA graph at batch 1 and 256.
 step bench_latency 120 python bench/bench_latency.py --device "$DEVICE" "${LAT[@]}" --out "$OUT/latency_$DEVICE.json"
 # 4. Accuracy rows on the GPU (users 29-36, 3 seeds): CPU and GPU must tell the same story.
-step accuracy_tiny 240 python bench/bench_accuracy.py --models tiny --recipe default --protocols users29-36 \
+step accuracy_default 240 python bench/bench_accuracy.py --models tiny_ws --recipe default --protocols users29-36 \
   --device "$DEVICE" --work "$OUT/acc-work" --out "$OUT/accuracy_$DEVICE.json" \
   --runs-log "$OUT/accuracy_runs_$DEVICE.jsonl" "${ACC[@]}"
 step accuracy_seed 240 python bench/bench_accuracy.py --models seed --recipe article --protocols users29-36 \

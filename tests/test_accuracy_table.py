@@ -8,7 +8,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_accuracy import OUT, PROTOCOLS, table  # noqa: E402
+from bench_accuracy import BASELINES, OUT, PROTOCOLS, RUNS_LOG, jobs, parser, scored_tag, table  # noqa: E402
 
 START, END = "<!-- accuracy-table: start (python bench/bench_accuracy.py --table) -->", "<!-- accuracy-table: end -->"
 
@@ -33,6 +33,24 @@ def test_every_row_has_the_fields_and_its_folds():
         want = {(s, f) for s in r["seeds"] for f in (range(6) if r["protocol"] == "cv6" else [None])}
         assert folds == want, f"{r['model']} {r['protocol']}: runs {sorted(folds, key=str)} != {sorted(want, key=str)}"
         assert r["leaky"] == (r["protocol"] == "random")
+
+
+def test_every_row_replays_from_the_runs_log_with_its_own_command():
+    """A row's command, run today, rebuilds that row from the committed runs log without training:
+    its recipe still exists, and every (seed, fold) it lists is logged under the tag the command makes."""
+    import shlex
+
+    logged = {(e := json.loads(line))["tag"]: e["result"] for line in RUNS_LOG.read_text().splitlines() if line}
+    for r in json.loads(OUT.read_text()):
+        a = parser().parse_args(shlex.split(r["command"])[2:])
+        assert (a.models, a.protocols, a.seeds) == ([r["model"]], [r["protocol"]], r["seeds"]), r["command"]
+        recipe = "fit" if r["model"] in BASELINES else a.recipe
+        assert recipe == r["recipe"], r["command"]
+        shown = {(p["seed"], p["fold"]): (p["accuracy"], p["macro_f1"]) for p in r["per_seed"]}
+        for job in jobs(r["protocol"], a.seeds):
+            tag = scored_tag(r["model"], recipe, r["protocol"], job, a.epochs, a.device)
+            assert tag in logged, f"{r['command']}: {tag} is not in {RUNS_LOG.name}"
+            assert (logged[tag]["accuracy"], logged[tag]["macro_f1"]) == shown[job["seed"], job["fold"]], tag
 
 
 def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_npz, monkeypatch):

@@ -27,6 +27,17 @@ def test_every_command_has_help_with_an_example(command):
     assert "Example" in r.output and "python pipeline.py" in r.output or "torchrun" in r.output
 
 
+def test_models_lists_every_variant_and_marks_the_default():
+    from har_vit.core.schema import OPTIONS
+    from har_vit.model import list_models
+
+    r = CliRunner().invoke(pipeline.cli, ["models"])
+    assert r.exit_code == 0, r.output
+    lines = {line.split()[0]: line for line in r.output.splitlines()}
+    assert set(lines) == set(list_models())
+    assert [n for n, line in lines.items() if "the default" in line] == [OPTIONS["model"].default] == ["tiny_ws"]
+
+
 @pytest.mark.parametrize("args,code,needle", [
     (["ingest", "--dataset", "nope", "--out", "{tmp}/o"], 2, "'nope' is not one of"),
     (["ingest", "--dataset", "wisdm", "--data-path", "{tmp}/missing.txt", "--out", "{tmp}/o"], 1, "missing.txt"),

@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import make_windows_npz
 
+from har_vit.core.schema import OPTIONS
 from har_vit.core.workspace import ENV
+
+DEFAULT_MODEL = OPTIONS["model"].default  # what the summaries name when no --model is given
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["--epochs", "1", "--batch-size", "16", "--no-progress", "--threads", "1"]
@@ -41,7 +44,7 @@ def field(out: str, name: str) -> str:
 
 def check_scores(out: str, metrics: dict) -> None:
     """The three score lines and the verdict say what metrics.json says."""
-    assert f"  accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  tiny on npz, subject split" in out
+    assert f"  accuracy {metrics['accuracy']:.4f}  macro F1 {metrics['macro_f1']:.4f}  {DEFAULT_MODEL} on npz, subject split" in out
     base = metrics["baseline"]
     assert f"  baseline {base['accuracy']:.4f}  macro F1 {base['macro_f1']:.4f}  random forest" in out
     assert f"  chance   {1 / 6:.4f} (uniform over 6 classes)" in out
@@ -129,7 +132,7 @@ def test_stage_by_stage_each_summary_names_the_next_command_and_it_works(tmp_pat
     out = follow(field(out, "next"), cwd, "--window", 32, "--step", 16)
     assert out.startswith("summary: windows: ") and "windows of 32 (step 16)" in out
     out = follow(field(out, "next"), cwd, *QUICK)
-    assert out.startswith("summary: train: tiny on cpu, 1 epochs, best val macro F1 ")
+    assert out.startswith(f"summary: train: {DEFAULT_MODEL} on cpu, 1 epochs, best val macro F1 ")
     assert field(out, "run") == str(tmp_path / "s" / "model")
     out = follow(field(out, "next"), cwd, *EVAL)
     assert out.startswith("summary: evaluate: ") and "  accuracy " in out and "  chance   " in out

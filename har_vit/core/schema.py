@@ -160,7 +160,7 @@ _DECLARED = [
     _o("ts_per_s", float, 1e9, "Timestamp units per second (WISDM: nanoseconds).", "windows",
        min=0, min_open=True),
     # --- training ---------------------------------------------------------------------------------
-    _o("model", str, "tiny", "Model variant (see `pipeline.py models`); seed is the article's network, rf the "
+    _o("model", str, "tiny_ws", "Model variant (see `pipeline.py models`); seed is the article's network, rf the "
        "random-forest baseline.", "train", choices=_models),
     _o("epochs", int, 30, "Training epochs (the most; early stopping may end sooner).", "train", min=1),
     _o("batch_size", int, 128, "Global training batch; under torchrun each rank takes batch_size / world.", "train",
@@ -202,7 +202,8 @@ _DECLARED = [
     _o("threads", int, None, "CPU threads for torch [torch's default].", ("train", "evaluate"), commands=("doctor",),
        min=1, nullable=True),
     _o("eval_batch_size", int, 2048, "Validation forward batch during training (memory only).", "train", min=1),
-    _o("jitter", float, 0.05, "Augment: std of Gaussian noise (normalised units); 0 turns it off.", AUG, min=0),
+    _o("jitter", float, 0.0, "Augment: std of Gaussian noise (normalised units); 0 turns it off (the default: "
+       "WISDM 2019's still activities move less than such noise).", AUG, min=0),
     _o("scale", float, 0.1, "Augment: std of a per-axis gain around 1; 0 off.", AUG, min=0),
     _o("rotate", float, 30.0, "Augment: max angle (degrees) of a random 3D rotation of the axes; 0 off.", AUG,
        min=0, max=180),

@@ -25,7 +25,8 @@ class WindowScale(nn.Module):
     Per axis, the window minus its mean over its std, then the log of that std (constant
     over time), after the input itself. Dataset-wide standardisation leaves the small
     movements of sitting, typing or eating at about 1% of a channel's std (WISDM 2019
-    phone: median window std 0.007-0.03 of it for 11 of its 18 activities), where a network
+    phone: median window std 0.009-0.030 of it for 11 of its 18 activities, in
+    ``bench/results/motion.json``), where a network
     hardly tells them apart; these channels show their shape at full scale and their size
     on a log scale, as a forest's per-window statistics do. ``eps`` (a variance, in the
     input's units) keeps a constant window finite.
@@ -37,6 +38,11 @@ class WindowScale(nn.Module):
     def __init__(self, eps: float = 1e-6):
         super().__init__()
         self.eps = eps
+
+    @staticmethod
+    def out_channels(channels: int) -> int:
+        """Width of the output for ``channels`` input axes: the input, its shape, its log std."""
+        return 3 * channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - x.mean(dim=1, keepdim=True)

@@ -34,10 +34,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
                  final_norm=True, pool="mean", head_hidden=0, head_norm=False, init="vit", drop=0.1, drop_path=0.1),
 }
 # tiny that also sees each window at its own scale (layers.WindowScale): per axis, the window
-# standardised by its own mean and std, and the log of that std. After standardising over the
-# dataset, hand and sitting activities move by 1-3% of a channel's std, and tiny underfits them
-# (WISDM 2019, 60 epochs without jitter, 3 seeds: final training accuracy 0.66-0.67; with these
-# channels 0.79-0.80). Train it with --jitter 0: noise of 0.05 std would bury those movements.
+# standardised by its own mean and std, and the log of that std. The default model. After
+# standardising over the dataset, hand and sitting activities move by 1-3% of a channel's std
+# (bench/results/motion.json), and tiny underfits them (WISDM 2019, 60 epochs without jitter,
+# 3 seeds: final training accuracy 0.66-0.67; with these channels 0.79-0.80). Noise (--jitter,
+# off by default) of 0.05 std would bury those movements.
 VARIANTS["tiny_ws"] = {**VARIANTS["tiny"], "window_scale": True}
 
 

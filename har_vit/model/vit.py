@@ -131,7 +131,7 @@ class HarViT(nn.Module):
         self.cfg = cfg
         G, N, D0 = cfg.groups, cfg.num_patches, cfg.dims[0]
         self.window_scale = WindowScale() if cfg.window_scale else None
-        cin = 3 * cfg.channels if cfg.window_scale else cfg.channels
+        cin = WindowScale.out_channels(cfg.channels) if cfg.window_scale else cfg.channels
         self.stem = DilatedStem(cin, cfg.stem, cfg.stem_kernel, cfg.stem_dilations) if cfg.stem else None
         width = cfg.stem or cin
         self.patch_embed = PatchEmbed(D0, cfg.patch, axes=width if cfg.joint_axes else 1, kernel=cfg.embed_kernel)

@@ -62,7 +62,7 @@ class TrainConfig:
     """Everything that defines a training run: the ``train`` options of :mod:`har_vit.core.schema`.
 
     Defaults: AdamW, warm-up + cosine, subject split, light augmentation (small rotations,
-    scaling, jitter, time warp; measured on users 29-36 in bench/results/accuracy.json: full
+    scaling, time warp; no jitter since 2026-12-02, see the ``jitter`` option; measured on users 29-36 in bench/results/accuracy.json: full
     180-degree rotations cost ~3 points of macro F1, since the direction of gravity tells
     sitting from standing).
     """
