@@ -420,7 +420,7 @@ def models() -> None:
     for name in list_models(classical=False):
         m = create_model(name)
         click.echo(f"{name:12s} {sum(p.numel() for p in m.parameters()):>12,} params"
-                   + ("        the default of train, run, retrain and cv" if name == default else ""))
+                   + ("        the default --model" if name == default else ""))
     click.echo(f"{'rf':12s} {'fitted':>12s}        random forest (300 trees) on per-window statistics: the classical baseline")
 
 

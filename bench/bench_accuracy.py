@@ -25,9 +25,11 @@ Protocols:
 
 Recipes: ``default`` is what ``pipeline.py run`` does with no options; ``jitter`` is the
 default recipe until 2026-12-02 (``--jitter 0.05``; ``jitter_ema``: the same with ``--ema
-0.998``); ``nojitter60`` is ``--jitter 0 --epochs 60 --patience 0``; ``article`` is the
-article's training of its network (AdamW 5e-4, StepLR x0.1 every 10 epochs, batch 128,
-30 epochs, no warm-up, no early stopping), predicted one pass per window; ``tta`` and
+0.998``); ``aug`` is ``jitter`` with full 180-degree rotations; ``lr1e-3`` is the default with
+twice the peak learning rate; ``nojitter60`` is ``--jitter 0 --epochs 60 --patience 0``; ``article`` is the
+article's optimiser and schedule for its network (AdamW 5e-4, StepLR x0.1 every 10 epochs,
+batch 128, 30 epochs, no warm-up, no early stopping) with the old default augmentation,
+predicted one pass per window; ``tta`` and
 ``jitter_tta`` score the ``default`` and ``jitter`` recipes' trained models (the same run
 folders) with ``evaluate --tta 8`` and keep each run's plain scores in ``without_tta``;
 ``fit`` marks the classical baselines. Finished
@@ -58,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results, tta  # noqa: E402
-from har_vit.core.schema import OPTIONS  # noqa: E402
+from har_vit.core.schema import OPTIONS, as_dict  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
@@ -82,7 +84,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # defaults until 2026-12-02, jitter 0.05 included).
     "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
                     weight_decay=0.01, batch_size=128, epochs=30, patience=0, jitter=0.05),
-    "aug": dict(rotate=180.0, scale=0.1, jitter=0.05, time_warp=0.1),
+    "aug": dict(rotate=180.0, scale=0.1, jitter=0.05, time_warp=0.1),  # the old default with full rotations
     # The default recipe until 2026-12-02, when the default model was tiny: noise of 0.05 std.
     "jitter": dict(jitter=0.05),
     "jitter_ema": dict(jitter=0.05, ema=0.998),  # with weight averaging (horizon ~500 steps)
@@ -144,6 +146,24 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro"))}
 
 
+# Options that do not change what a model learns: a cached run trained with other values still counts.
+NOT_TRAINING = frozenset({"device", "threads", "progress", "eval_batch_size"})
+
+
+def settings_differ(run_dir: Path, cfg: TrainConfig) -> list[str]:
+    """The options a finished run folder was trained with that differ from ``cfg``'s.
+
+    A tag names the model, recipe, protocol, seed and fold, not every option a recipe resolves
+    to; when a default changes (``--jitter`` on 2026-12-02), a cached run under the same tag
+    was trained otherwise and must not be scored as if it were ``cfg``'s.
+    """
+    if not (run_dir / MANIFEST).is_file():
+        return []
+    saved = read_manifest(run_dir, "train").get("config", {})
+    now = json.loads(json.dumps(as_dict(cfg)))  # tuples as lists, as the manifest holds them
+    return sorted(k for k, v in now.items() if k not in NOT_TRAINING and saved.get(k) != v)
+
+
 def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
     """The real trainer, then the test split of its best.pt, predicted as ``evaluate --tta n_tta`` does.
 
@@ -154,7 +174,9 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
     tag does not hold them all) starts the model again, and says so.
     """
     m = None
-    if (run_dir / MANIFEST).is_file():
+    if differ := settings_differ(run_dir, cfg):
+        print(f"{run_dir} was trained with other settings ({', '.join(differ)}); training it again", flush=True)
+    elif (run_dir / MANIFEST).is_file():
         m = read_manifest(run_dir, "train")
     elif (run_dir / "last.pt").is_file():
         print(f"resuming {run_dir} from its last.pt", flush=True)
@@ -211,7 +233,11 @@ def row_command(model: str, recipe: str, protocol: str, seeds: list[int], epochs
 
 def summarise(model: str, recipe: str, protocol: str, runs: list[dict[str, Any]], epochs: int | None,
               command: str) -> dict[str, Any]:
-    return results.summarise(model, recipe, protocol, runs, epochs, command, machine())
+    row = results.summarise(model, recipe, protocol, runs, epochs, command, machine())
+    trained = sorted({r["trained"] for r in runs if r.get("trained")})
+    if trained:  # e.g. cv6 models trained stacked by `pipeline.py cv`: their train_seconds are the stack's
+        row["trained"] = trained
+    return row
 
 
 def merge(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -293,12 +319,14 @@ def main() -> None:
                 scored = scored_tag(model, recipe, protocol, job, a.epochs, a.device)
                 tag = scored.removesuffix(f"-tta{n_tta}") if n_tta else scored
                 cached = work / "runs" / tag / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
-                if scored in logged or cached.is_file():
-                    runs.append(logged[scored] if scored in logged else json.loads(cached.read_text()))
-                    continue
                 cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
                                      "split": job["split"], "test_users": job.get("test_users", ()),
                                      "device": a.device, "threads": a.threads, "progress": False})
+                if cached.is_file() and settings_differ(work / "runs" / tag / "run", cfg):
+                    cached.unlink()  # scores of a run trained otherwise; train_one trains it again
+                if scored in logged or cached.is_file():
+                    runs.append(logged[scored] if scored in logged else json.loads(cached.read_text()))
+                    continue
                 if model == "minirocket":
                     res = minirocket_one(cfg, w, a.threads)
                 else:

@@ -148,7 +148,7 @@ def main() -> None:
             for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
                 rows.append(row)
                 target = row["target_ms"]
-                print(f"{name:5s} batch {batch:4d}  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
+                print(f"{name:7s} batch {batch:4d}  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
                       f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
                       + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
                       flush=True)

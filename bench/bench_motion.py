@@ -5,8 +5,9 @@ The trainer standardises every channel by its std over the training windows, and
 jitter augmentation adds noise in those units. For each activity this prints the median, over
 its windows, of a window's own std per axis divided by the dataset's std of that axis (the
 mean over the 3 axes), and the share of its windows whose ratio is below 0.05, the jitter
-that was the default until 2026-12-02. Read from the shared WISDM 2019 phone logs and v1.1
-windows (cut 128/64 by the pipeline, as ``bench_accuracy.py`` does); nothing is trained.
+that was the default until 2026-12-02. Read from the shared WISDM 2019 phone logs (cut 128/64 by the pipeline) and the
+shared v1.1 windows, as ``bench_accuracy.py`` reads them; the dataset's std is over all
+windows, not one training split; nothing is trained.
 
     python bench/bench_motion.py
 """
@@ -36,6 +37,8 @@ def motion(w: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for k, name in enumerate(w["class_names"]):
         r = rel[w["y"] == k]
+        if r.size == 0:  # a class the windows do not hold: nothing to measure
+            continue
         rows.append({"activity": str(name), "windows": int(r.size), "median_rel_std": round(float(np.median(r)), 4),
                      "share_below_jitter": round(float((r < OLD_JITTER).mean()), 4)})
     return sorted(rows, key=lambda d: d["median_rel_std"])

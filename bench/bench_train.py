@@ -70,9 +70,10 @@ from har_vit.training.loop import (  # noqa: E402
 )
 from har_vit.training.resume import cpu_copy  # noqa: E402
 
-# The speed issue's GPU targets (H100/H200 class); the CPU has no throughput target.
+# The speed issue's GPU targets (H100/H200 class); the CPU has no throughput target. The issue set
+# them for the default model, tiny until 2026-12-02 and tiny_ws since (they hold for both).
 TARGETS = {"tiny_windows_per_s": 250_000, "seed_windows_per_s": 120_000, "tiny_epochs_100_s": 8.0,
-           "speedup_vs_dataloader": 10.0, "on": "NVIDIA H100/H200"}
+           "models_named_tiny": ["tiny", "tiny_ws"], "speedup_vs_dataloader": 10.0, "on": "NVIDIA H100/H200"}
 VAL_FRAC, TEST_FRAC = 0.1, 0.2
 
 
@@ -304,8 +305,8 @@ def main() -> None:
             "machine": machine(), "windows": a.windows, "targets": TARGETS, "results": results,
             **({"stacked": stacks} if stacks else {})}
     write_json(out, body)
-    print(f"targets ({TARGETS['on']}): tiny >= {TARGETS['tiny_windows_per_s']:,} win/s, seed >= "
-          f"{TARGETS['seed_windows_per_s']:,} win/s, tiny 100 epochs <= {TARGETS['tiny_epochs_100_s']:g} s, "
+    print(f"targets ({TARGETS['on']}): tiny and tiny_ws >= {TARGETS['tiny_windows_per_s']:,} win/s, seed >= "
+          f"{TARGETS['seed_windows_per_s']:,} win/s, tiny and tiny_ws 100 epochs <= {TARGETS['tiny_epochs_100_s']:g} s, "
           f">= {TARGETS['speedup_vs_dataloader']:g}x DataLoader")
     print(f"machine: {body['machine']['cpu']}, {body['machine']['cores']} cores, {body['machine']['torch_threads']} "
           f"torch threads, GPU {body['machine']['gpu']}, torch {body['machine']['torch']}, "

@@ -42,7 +42,7 @@ if [ "$QUICK" = 1 ]; then
 else
   TESTS="tests/test_graphs.py tests/test_augment.py tests/test_train.py tests/test_evaluate.py tests/test_doctor.py tests/test_stacked.py"
   TRAIN=(--stack-folds 6 --stack-seeds 3 --stack-epochs 5)
-  LAT=()
+  LAT=(--models tiny_ws seed)
   ACC=()
 fi
 

@@ -84,9 +84,17 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     again = train_one(cfg, wdir, tmp_path / "cut", w, 8)
     assert len(calls) == 1
     assert np.isclose(again["accuracy"], whole["accuracy"]) and again["best_epoch"] == whole["best_epoch"]
+    # A finished run trained with other settings (a default changed since) is trained again, not scored.
+    other_jitter = dataclasses.replace(cfg, jitter=0.05)
+    assert bench_accuracy.settings_differ(tmp_path / "cut", other_jitter) == ["jitter"]
+    assert bench_accuracy.settings_differ(tmp_path / "cut", dataclasses.replace(cfg, threads=2)) == []
+    retrained = train_one(other_jitter, wdir, tmp_path / "cut", w, 0)
+    assert calls[-1] == {} and retrained["epochs_run"] == 2 and bench_accuracy.settings_differ(tmp_path / "cut",
+                                                                                              other_jitter) == []
+    calls.clear()
     # A resume the trainer refuses (here: other options than the cut run's) trains the model again.
     run(cfg, wdir, tmp_path / "other", stop_after=1)
     changed = dataclasses.replace(cfg, lr=cfg.lr * 2)
     redone = train_one(changed, wdir, tmp_path / "other", w, 0)
-    assert calls[-2:] == [{"resume": True}, {}] and redone["epochs_run"] == 2
+    assert calls == [{"resume": True}, {}] and redone["epochs_run"] == 2
     assert redone["tta_views"] == 1 and "without_tta" not in redone

@@ -21,7 +21,8 @@ from har_vit.stages.train import TrainConfig, run
 from har_vit.training.loop import fit_norm, inverse_frequency, lr_factor
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows
 
-FAST = dict(model="tiny", batch_size=32, warmup_epochs=1, device="cpu", progress=False, threads=1)
+# jitter: every augmentation stream on, as before its default became 0 (resume must replay it exactly)
+FAST = dict(model="tiny", batch_size=32, warmup_epochs=1, device="cpu", progress=False, threads=1, jitter=0.05)
 BEST_KEYS = {"model", "model_name", "model_kwargs", "class_names", "norm", "train_config", "epoch"}
 LAST_KEYS = BEST_KEYS | {"optimizer", "scheduler", "rng", "history", "best"}
 TIMING = ("seconds", "windows_per_s")

@@ -61,10 +61,9 @@ from har_vit.training.resume import CheckpointWriter, RunState, checkpoint_heade
 class TrainConfig:
     """Everything that defines a training run: the ``train`` options of :mod:`har_vit.core.schema`.
 
-    Defaults: AdamW, warm-up + cosine, subject split, light augmentation (small rotations,
-    scaling, time warp; no jitter since 2026-12-02, see the ``jitter`` option; measured on users 29-36 in bench/results/accuracy.json: full
-    180-degree rotations cost ~3 points of macro F1, since the direction of gravity tells
-    sitting from standing).
+    Defaults: AdamW, warm-up + cosine, subject split, light augmentation: small rotations
+    (full ones would hide the direction of gravity, which tells sitting from standing),
+    scaling and time warp; no jitter since 2026-12-02 (see the ``jitter`` option).
     """
 
     def augment_config(self) -> AugmentConfig:
