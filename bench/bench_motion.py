@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT  # noqa: E402
 
-from bench_accuracy import V11, W2019, windows_for  # noqa: E402
+from bench_accuracy import RECIPES, V11, W2019, windows_for  # noqa: E402
 from har_vit.core.io import write_json  # noqa: E402
 from har_vit.stages.windows import load_windows  # noqa: E402
 
-OLD_JITTER = 0.05
+OLD_JITTER = RECIPES["jitter"]["jitter"]  # the default noise until 2026-12-02
 
 
 def motion(w: dict[str, Any]) -> list[dict[str, Any]]:
