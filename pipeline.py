@@ -356,8 +356,9 @@ def cv(**kw: Any) -> None:
 
     \b
     The sorted user ids are cut into --folds groups; each is the test set once. The models
-    train together as one stacked model (each as it would alone, to float tolerance;
-    --sequential: one after another); a rerun keeps the finished ones.
+    train together as stacked models (each as it would alone, to float tolerance), on the
+    CPU in twice as many processes as threads (--workers), on CUDA in one; --sequential: one after
+    another. A rerun keeps the finished ones.
     Example (the cv6 protocol of bench/bench_accuracy.py, 18 models):
       python pipeline.py cv --dataset npz --data-path ../shared/data/wisdm_v1.1/wisdm_v1.1_windows128.npz --folds 6 --seeds 0 --seeds 1 --seeds 2 --out cv6/
     """
@@ -371,13 +372,24 @@ def cv(**kw: Any) -> None:
     row = result["rows"][0]
     say(command_summary(
         f"cv: {len(row['per_seed'])} models ({len(result['folds'])} folds grouped by user x {len(result['seeds'])} "
-        f"seeds, trained {'together as one stacked model' if result['stacked'] else 'one after another'}) in "
+        f"seeds, trained {_how_stacked(result)}) in "
         f"{result['seconds']:.0f} s",
         extra=(f"accuracy {row['accuracy_mean']:.4f} ± {row['accuracy_std']:.4f}, macro F1 {row['macro_f1_mean']:.4f} "
                f"± {row['macro_f1_std']:.4f} ({row['model']}, recipe {row['recipe']}, mean ± sd over every fold "
                "and seed; each fold's test users unseen in its training)",
                f"written: {Path(result['out']) / stage.CV_JSON} (one row in the format of bench/results/accuracy.json)"),
         run_dir=result["out"]))
+
+
+def _how_stacked(result: dict[str, Any]) -> str:
+    """How cv or sweep trained its models, for the summary line."""
+    if not result["stacked"]:
+        return "one after another"
+    procs = result.get("processes") or {}
+    if procs.get("workers", 1) > 1:
+        return (f"in {procs['workers']} processes (stacks of {' + '.join(map(str, procs['models']))} models, "
+                f"{procs['threads']} threads in all)")
+    return "together as one stacked model"
 
 
 @cli.command(context_settings=HELP)

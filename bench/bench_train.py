@@ -25,16 +25,19 @@ the F x S models of a cross-validation grouped by user (F folds of the synthetic
 36 users, S seeds), each ``--stack-epochs`` epochs with early stopping off, trained
 end to end (validation and checkpoints included) one after another with
 ``har_vit.stages.train.run`` and then together with
-``har_vit.training.stacked.train_together``, in the same process. Reported: windows/s
-of each, their ratio, and the largest weight difference between the two ways (they
-train the same models, so it should be float noise).
+``har_vit.training.stacked.train_together``, in the same process; with
+``--stack-workers N`` also as N stacks in N processes sharing the threads
+(``har_vit.training.workers.train_stacks``, what ``cv`` does on the CPU). Reported:
+windows/s of each, their ratios, and the largest weight difference from the sequential
+models (they train the same models, so it should be float noise).
 
 Targets (for the H100): seed >= 50,000 windows/s; 100 epochs over 17,000 windows <= 30 s;
 on-device >= 3x the DataLoader baseline.
 
     python bench/bench_train.py --threads 1                 # CPU here: ~3 min
     python bench/bench_train.py --devices cuda --compile    # on a GPU machine
-    python bench/bench_train.py --models tiny --stack-folds 6 --stack-seeds 3 --stack-only   # stacked vs sequential
+    python bench/bench_train.py --models tiny_ws --stack-folds 6 --stack-seeds 3 --stack-only --stack-workers 2 --threads 2
+        # stacked vs sequential, and the stack in 2 processes
 """
 from __future__ import annotations
 
@@ -200,18 +203,25 @@ def hundred_epochs(name: str, device: torch.device, r: dict[str, Any], n_train: 
 
 
 def stacked_vs_sequential(name: str, device: torch.device, windows: Path, folds: int, seeds: int, epochs: int,
-                          batch: int, work: Path) -> dict[str, Any]:
-    """The models of a grouped-by-user CV trained one after another, then together; same process, same configs."""
+                          batch: int, work: Path, workers: int = 1) -> dict[str, Any]:
+    """The models of a grouped-by-user CV trained one after another, then together; same configs.
+
+    One after another and as one stack in this process; with ``workers`` > 1 also as that many
+    stacks in as many processes (``har_vit.training.workers.train_stacks``, what ``cv`` does on
+    the CPU), the threads shared among them.
+    """
     import numpy as np
 
     from har_vit.core.checkpoint import load_checkpoint
     from har_vit.stages.cv import folds_of
     from har_vit.stages.windows import load_windows
     from har_vit.training.stacked import train_together
+    from har_vit.training.workers import train_stacks
 
     users = load_windows(windows, verify=False)["subject"]
+    threads = torch.get_num_threads()
     cfgs = [TrainConfig(model=name, epochs=epochs, batch_size=batch, patience=0, seed=s, split="subject",
-                        test_users=t, device=device.type, progress=False)
+                        test_users=t, device=device.type, progress=False, threads=threads)
             for s in range(seeds) for t in folds_of(users, folds)]
     tag = f"{name}-{device.type}-{time.time_ns()}"
     seq_dirs = [work / f"seq-{tag}-{i}" for i in range(len(cfgs))]
@@ -225,18 +235,34 @@ def stacked_vs_sequential(name: str, device: torch.device, windows: Path, folds:
     train_together(cfgs, windows, stk_dirs, echo=lambda line: None)
     sync(device)
     stk_s = time.perf_counter() - t0
+    seconds = {"sequential": round(seq_s, 2), "stacked": round(stk_s, 2)}
+    wrk_dirs = [work / f"wrk-{tag}-{i}" for i in range(len(cfgs))]
+    if workers > 1:
+        t0 = time.perf_counter()
+        _, split = train_stacks(cfgs, windows, wrk_dirs, workers=workers, echo=lambda line: None)
+        sync(device)
+        seconds[f"stacked_{split['workers']}_processes"] = round(time.perf_counter() - t0, 2)
     trained = sum(m["split"]["n_train"] // batch * batch * epochs for m in mans)
-    diff = max(float((a - b).abs().max()) for d1, d2 in zip(seq_dirs, stk_dirs, strict=True)
-               for a, b in zip(load_checkpoint(d1 / "last.pt")["model"].values(),
-                               load_checkpoint(d2 / "last.pt")["model"].values(), strict=True))
+    def diff(others: list[Path]) -> float:
+        return max(float((a - b).abs().max()) for d1, d2 in zip(seq_dirs, others, strict=True)
+                   for a, b in zip(load_checkpoint(d1 / "last.pt")["model"].values(),
+                                   load_checkpoint(d2 / "last.pt")["model"].values(), strict=True))
+
+    procs = [k for k in seconds if k.endswith("_processes")]
     return {"model": name, "device": device.type, "device_name": device_label(device), "models": len(cfgs),
             "folds": folds, "seeds": seeds, "epochs": epochs, "batch_size": batch,
             "train_windows": int(np.sum([m["split"]["n_train"] for m in mans])),
-            "seconds": {"sequential": round(seq_s, 2), "stacked": round(stk_s, 2)},
-            "windows_per_s": {"sequential": round(trained / seq_s, 1), "stacked": round(trained / stk_s, 1)},
-            "speedup_stacked_vs_sequential": round(seq_s / stk_s, 3), "max_weight_diff": diff,
-            "how": "end to end (data on the device, validation and last.pt/best.pt every epoch), early stopping off; "
-                   "sequential = har_vit.stages.train.run per model, stacked = har_vit.training.stacked.train_together"}
+            "threads": threads, "seconds": seconds,
+            "windows_per_s": {k: round(trained / v, 1) for k, v in seconds.items()},
+            "speedup_stacked_vs_sequential": round(seq_s / stk_s, 3),
+            **{f"speedup_{k}_vs_sequential": round(seq_s / seconds[k], 3) for k in procs},
+            **{f"speedup_{k}_vs_stacked": round(stk_s / seconds[k], 3) for k in procs},
+            "max_weight_diff": diff(stk_dirs), **{f"max_weight_diff_{k}": diff(wrk_dirs) for k in procs},
+            "how": "end to end (data on the device, validation and last.pt/best.pt every epoch), early stopping off, "
+                   "the same torch threads in all; sequential = har_vit.stages.train.run per model, stacked = "
+                   "har_vit.training.stacked.train_together in this process, stacked_N_processes = "
+                   "har_vit.training.workers.train_stacks (the models dealt to N processes, each one stack, the "
+                   "threads shared)"}
 
 
 def main() -> None:
@@ -257,6 +283,8 @@ def main() -> None:
     ap.add_argument("--stack-folds", type=int, default=0, help="also time F-fold CV models stacked vs sequential")
     ap.add_argument("--stack-seeds", type=int, default=1)
     ap.add_argument("--stack-epochs", type=int, default=1)
+    ap.add_argument("--stack-workers", type=int, default=1,
+                    help="also time the stack dealt to this many processes (what cv does on the CPU) [1: skip]")
     ap.add_argument("--stack-only", action="store_true", help="only the stacked vs sequential comparison")
     ap.add_argument("--out", default=None, help="JSON path [bench/results/train_<devices>.json]")
     a = ap.parse_args()
@@ -275,13 +303,16 @@ def main() -> None:
                 if a.stack_folds:
                     windows = synthetic_windows(Path(tmp) / f"cv{a.windows}", a.windows)
                     st = stacked_vs_sequential(name, device, windows, a.stack_folds, a.stack_seeds, a.stack_epochs,
-                                               a.batch_size, Path(tmp))
+                                               a.batch_size, Path(tmp), a.stack_workers)
                     stacks.append(st)
                     print(f"{dev_name:4s} {name:6s} {st['models']} models x {st['epochs']} epoch(s): sequential "
                           f"{st['windows_per_s']['sequential']:>9,.1f} win/s ({st['seconds']['sequential']:.1f} s)  "
                           f"stacked {st['windows_per_s']['stacked']:>9,.1f} win/s ({st['seconds']['stacked']:.1f} s)  "
-                          f"x{st['speedup_stacked_vs_sequential']:.2f}  max weight diff {st['max_weight_diff']:.1e}",
-                          flush=True)
+                          f"x{st['speedup_stacked_vs_sequential']:.2f}  max weight diff {st['max_weight_diff']:.1e}"
+                          + "".join(f"  {k.replace('_', ' ')} {st['windows_per_s'][k]:>9,.1f} win/s "
+                                    f"({st['seconds'][k]:.1f} s) x{st[f'speedup_{k}_vs_sequential']:.2f} "
+                                    f"(x{st[f'speedup_{k}_vs_stacked']:.2f} one stack)"
+                                    for k in st["seconds"] if k.endswith("_processes")), flush=True)
                 if a.stack_only:
                     continue
                 r = bench_variant(name, device, a.windows, a.batch_size, steps, warmup, a.repeats, a.compile)

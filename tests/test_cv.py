@@ -85,3 +85,25 @@ def test_cv_sequential_trains_the_same_models_one_after_another(tmp_path, window
         wa, wb = (load_checkpoint(tmp_path / d / name)["model"] for d in ("stacked", "seq"))
         for k in wa:
             torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4)
+
+
+def test_cv_deals_the_stack_to_processes_with_the_same_models(tmp_path, windows_npz):
+    """On the CPU the default --workers is twice the threads (one for one); each model ends as in one stack."""
+    import torch
+
+    from har_vit.core.checkpoint import load_checkpoint
+
+    common = ["cv", "--workdir", tmp_path, "--dataset", "npz", "--data-path", windows_npz, "--folds", 3,
+              "--seeds", 0, "--seeds", 3, "--epochs", "2", "--batch-size", "16", "--no-progress"]
+    stdout, err = cli(*common, "--threads", 2, "--out", tmp_path / "two", cwd=tmp_path)
+    cli(*common, "--threads", 1, "--out", tmp_path / "one", cwd=tmp_path)
+    two, one = (json.loads((tmp_path / d / "cv.json").read_text()) for d in ("two", "one"))
+    assert two["processes"] == {"workers": 4, "models": [1, 1, 2, 2], "threads": 2}
+    assert one["processes"] == {"workers": 1, "models": [6], "threads": 1}
+    assert all(f"[process {k}/4]" in err for k in range(1, 5))
+    assert "trained in 4 processes (stacks of 1 + 1 + 2 + 2 models, 2 threads in all)" in stdout
+    for p in two["rows"][0]["per_seed"]:
+        name = f"models/s{p['seed']}-f{p['fold']}/last.pt"
+        wa, wb = (load_checkpoint(tmp_path / d / name)["model"] for d in ("two", "one"))
+        for k in wa:
+            torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-4)

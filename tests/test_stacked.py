@@ -136,3 +136,39 @@ def test_stacked_on_cuda_tracks_the_models_trained_apart(tmp_path, windows):
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=5e-3)
         assert max(float((other[k] - a[k]).abs().max()) for k in a) > 5e-2  # seeds differ by far more
+
+
+def test_models_dealt_to_two_processes_end_as_each_would_alone(tmp_path, windows):
+    """cv on the CPU: the models dealt to 2 processes, each a stack of 2, train as each alone."""
+    from har_vit.training.workers import train_stacks
+
+    cfgs = [*CFGS, dataclasses.replace(CFGS[0], seed=2), dataclasses.replace(CFGS[1], seed=3)]
+    for i, cfg in enumerate(cfgs):
+        run(cfg, windows, tmp_path / f"apart{i}")
+    lines = []
+    manifests, split = train_stacks(cfgs, windows, [tmp_path / f"w{i}" for i in range(4)], workers=2,
+                                    echo=lines.append)
+    assert split == {"workers": 2, "models": [2, 2], "threads": 1}
+    assert "4 models in 2 processes (2 + 2 models" in lines[0]
+    assert [m["config"]["seed"] for m in manifests] == [0, 1, 2, 3]  # in the order asked, whichever process trained them
+    for i in range(4):
+        assert_same_run(weights(tmp_path / f"apart{i}"), weights(tmp_path / f"w{i}"))
+
+
+def test_a_failing_process_stops_the_others_and_its_error_reaches_the_caller(tmp_path, windows):
+    import multiprocessing as mp
+
+    from har_vit.training.workers import train_stacks
+
+    long = dataclasses.replace(CFGS[0], epochs=500)  # would train for minutes if not stopped
+    bad = dataclasses.replace(CFGS[1], test_users=(99,))
+    with pytest.raises(UsageError, match=r"--test-users \[99\] are not in the data"):
+        train_stacks([long, bad], windows, [tmp_path / "long", tmp_path / "bad"], workers=2, echo=lambda s: None)
+    assert mp.active_children() == []
+    assert not (tmp_path / "bad").exists()  # the failing model wrote nothing
+    # Every folder is checked before any process starts.
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "last.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match="already holds a training run"):
+        train_stacks([CFGS[0], CFGS[1]], windows, [tmp_path / "free", tmp_path / "taken"], workers=2)
+    assert not (tmp_path / "free").exists()

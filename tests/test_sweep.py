@@ -47,6 +47,8 @@ def pipeline_yaml(path):
     ({"windows": "w", "out": "o"}, "exactly one"),
     ({"windows": "w", "out": "o", "grid": {"lr": [1]}, "random": {"n": 2}}, "exactly one"),
     ({"out": "o", "grid": {"lr": [1]}}, "'windows' is required"),
+    ({"windows": "w", "out": "o", "grid": {"lr": [1]}, "workers": 0}, "workers must be a whole number"),
+    ({"windows": "w", "out": "o", "grid": {"lr": [1]}, "workers": "2"}, "workers must be a whole number"),
 ])
 def test_bad_sweep_files(body, msg):
     with pytest.raises(UsageError, match=msg):

@@ -230,6 +230,10 @@ _DECLARED = [
        multiple=True, min=0),
     _o("sequential", bool, False, "cv: train the models one after another instead of together as one stacked "
        "model (same results to float tolerance; for comparison).", "cv"),
+    _o("workers", int, None, "cv: processes that share the stacked models, each training its share as one stack "
+       "with its share of --threads [CPU: twice the threads, at most 8 unless there are more threads, one for one "
+       "thread; CUDA: one].",
+       "cv", min=1, nullable=True),
     _o("runtime", str, "auto", "What runs the model: auto (onnxruntime on the CPU when installed, a CUDA graph on a "
        "GPU, each only when its logits equal PyTorch's, else eager PyTorch), onnxruntime, onnxruntime-int8 (int8 "
        "weights: faster on the CPU, logits within 10% of PyTorch's; never picked by auto), or eager.", "predict",

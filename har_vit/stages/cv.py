@@ -8,13 +8,16 @@ stopping see validation users only. Every (seed, fold) model is trained and eval
 its test users in its own folder ``DIR/models/s<seed>-f<fold>/``; a finished one is kept
 when ``cv`` runs again, so an interrupted run resumes.
 
-The models train together in this process as one stacked model
-(:mod:`har_vit.training.stacked`: each with its own fold's data, seed and dropout
-stream, so each ends with the weights it would have alone, to float tolerance);
-``--sequential`` trains them one after another instead, and models that a stack cannot
-hold (``--model rf``, ``--teacher``, ``--init``) always train alone.
+The models train together as stacked models (:mod:`har_vit.training.stacked`: each
+with its own fold's data, seed and dropout stream, so each ends with the weights it
+would have alone, to float tolerance). On the CPU they are dealt to several processes
+(``--workers``, :mod:`har_vit.training.workers`), each training its share as one stack;
+on CUDA one process holds them all. ``--sequential`` trains them one after
+another instead, and models that a stack cannot hold (``--model rf``, ``--teacher``,
+``--init``) always train alone.
 
-``DIR/cv.json``: ``{"rows": [row], "stacked": bool, "folds": [[users], ...], "seconds"}``
+``DIR/cv.json``: ``{"rows": [row], "stacked": bool, "processes": {"workers", "models",
+"threads"}, "folds": [[users], ...], "seconds"}``
 where ``row`` has the format of ``bench/results/accuracy.json`` (:mod:`har_vit.core.results`):
 ``per_seed`` lists ``{seed, fold, accuracy, macro_f1}`` for every model, and ``command`` the
 command line that reproduces it.
@@ -35,7 +38,8 @@ from har_vit.core.errors import DataError, UsageError
 from har_vit.core.io import write_json
 from har_vit.core.runid import new_run_id
 from har_vit.core.schema import build
-from har_vit.training.stacked import train_together, why_not_stacked
+from har_vit.training.stacked import why_not_stacked
+from har_vit.training.workers import train_stacks
 
 CV_JSON = "cv.json"
 
@@ -110,10 +114,12 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, command:
     reason = "--sequential" if values.get("sequential") else why_not_stacked(base)
     stacked = reason is None and len(todo) > 1
     t_train = time.perf_counter()
+    split: dict[str, Any] = {}
     if stacked:
-        echo(f"cv: training {len(todo)} models together as one stacked model")
-        train_together([cfgs[seed, k] for seed, k, _ in todo], windows, [d for _, _, d in todo],
-                       resume=[(d / "last.pt").is_file() for _, _, d in todo], echo=echo)
+        echo(f"cv: training {len(todo)} models together as stacked models")
+        _, split = train_stacks([cfgs[seed, k] for seed, k, _ in todo], windows, [d for _, _, d in todo],
+                                resume=[(d / "last.pt").is_file() for _, _, d in todo], workers=values.get("workers"),
+                                echo=echo)
     else:
         if todo and reason:
             echo(f"cv: training {len(todo)} models one after another ({reason})")
@@ -139,6 +145,7 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, command:
     row = results.summarise(base.model, recipe_of(base), f"cv{len(folds)}", runs, base.epochs, command, machine())
     result = {"rows": [row], "stacked": stacked, "folds": [list(f) for f in folds], "seeds": list(seeds),
               "windows": str(windows), "seconds": round(time.perf_counter() - t0, 1),
-              "train_seconds": round(train_s, 1), "trained_now": len(todo), "out": str(out)}
+              "train_seconds": round(train_s, 1), "trained_now": len(todo), "out": str(out),
+              **({"processes": split} if split else {})}
     write_json(out / CV_JSON, result)
     return result

@@ -16,9 +16,11 @@ A sweep file (YAML)::
     # random: {n: 6, space: {lr: [0.0003, 0.001, 0.003], jitter: [0, 0.05]}}   # n draws
     folds: [0, 5, 10]              # loso only: a subset of folds (default: all)
     sequential: false              # true: train the runs one after another instead of stacked
+    workers: 2                     # processes sharing a stack's runs [as cv --workers]
 
 Runs of one architecture and batch size train together as one stacked model
-(:mod:`har_vit.training.stacked`; each ends as it would alone, to float tolerance);
+(:mod:`har_vit.training.stacked`; each ends as it would alone, to float tolerance), on the
+CPU dealt to several processes (:mod:`har_vit.training.workers`);
 options such as ``lr``, ``weight_decay``, the schedule, epochs, augmentation and loss may
 differ within a stack. A sweep over ``model``, ``batch_size``, ``drop`` or ``drop_path``
 trains one stack per value.
@@ -58,10 +60,11 @@ class SweepSpec:
     folds: tuple[int, ...] = ()
     random_seed: int = 0
     sequential: bool = False
+    workers: int | None = None
 
     @classmethod
     def from_mapping(cls, body: Mapping[str, Any]) -> "SweepSpec":
-        known = {"windows", "out", "split", "seeds", "base", "grid", "random", "folds", "sequential"}
+        known = {"windows", "out", "split", "seeds", "base", "grid", "random", "folds", "sequential", "workers"}
         unknown = set(body) - known
         if unknown:
             raise UsageError(f"sweep file: unknown keys {sorted(unknown)}; use {sorted(known)}")
@@ -104,13 +107,13 @@ class SweepSpec:
                    base=tuple((option(k), value(option(k), v)) for k, v in (body.get("base") or {}).items()),
                    grid=axes(grid), random_n=int(rnd.get("n", 0)), random_space=axes(rnd.get("space") or {}),
                    folds=tuple(int(f) for f in body.get("folds", ())), random_seed=int(rnd.get("seed", 0)),
-                   sequential=bool(body.get("sequential", False)))
+                   sequential=bool(body.get("sequential", False)), workers=_workers(body.get("workers")))
 
     def combinations(self) -> list[dict[str, Any]]:
         """The option sets to try, in a stable order."""
         if self.grid:
             keys = [k for k, _ in self.grid]
-            return [dict(zip(keys, vals)) for vals in itertools.product(*(v for _, v in self.grid))]
+            return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(v for _, v in self.grid))]
         rng = random.Random(self.random_seed)
         seen, out = set(), []
         space = dict(self.random_space)
@@ -135,7 +138,7 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     from har_vit.core.splits import loso_folds
     from har_vit.stages import evaluate, train
     from har_vit.stages.windows import load_windows
-    from har_vit.training.stacked import train_together
+    from har_vit.training.workers import train_stacks
 
     out = Path(spec.out)
     w = load_windows(spec.windows)
@@ -159,8 +162,8 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     for group in stacks:
         if len(group) > 1:
             echo(f"sweep: training {len(group)} runs of {group[0][0].model} together as one stacked model")
-            train_together([c for c, _ in group], spec.windows, [d for _, d in group],
-                           resume=[(d / "last.pt").is_file() for _, d in group], echo=echo)
+            train_stacks([c for c, _ in group], spec.windows, [d for _, d in group],
+                         resume=[(d / "last.pt").is_file() for _, d in group], workers=spec.workers, echo=echo)
         else:
             (cfg, d), = group
             train.run(cfg, spec.windows, d, resume=(d / "last.pt").is_file())
@@ -190,6 +193,14 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     write_text(out / "table.csv", _csv(rows))
     write_text(out / "table.md", _markdown(rows, best["name"], spec))
     return result
+
+
+def _workers(v: Any) -> int | None:
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise UsageError(f"sweep file: workers must be a whole number of processes, at least 1 (got {v!r})")
+    return v
 
 
 def _stacks(todo: list[tuple[Any, Path]], sequential: bool) -> list[list[tuple[Any, Path]]]:

@@ -134,13 +134,16 @@ class StackedAdamW:
 
 
 def train_together(cfgs: Sequence[TrainConfig], windows_dir: str | Path, outs: Sequence[str | Path],
-                   resume: Sequence[bool] | None = None, echo: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                   resume: Sequence[bool] | None = None, echo: Callable[[str], None] | None = None,
+                   threads: Callable[[], int] | None = None) -> list[dict[str, Any]]:
     """Train every ``cfgs[i]`` into run folder ``outs[i]`` together; return their manifests.
 
     The configs must build one architecture (same model, window, channels, classes,
     batch size, dropout); data, split, seed, learning rate, weight decay, schedule, epochs,
     augmentation and loss options may differ. ``resume[i]``
-    continues ``outs[i]/last.pt``, as ``train --resume`` would.
+    continues ``outs[i]/last.pt``, as ``train --resume`` would. ``threads``, when given, is
+    asked before every step how many CPU threads torch may use (a stack that shares the
+    machine with others takes the cores they leave: :mod:`har_vit.training.workers`).
     """
     if not cfgs:
         return []
@@ -200,6 +203,8 @@ def train_together(cfgs: Sequence[TrainConfig], windows_dir: str | Path, outs: S
         f"({device_label(device)}); batch {B} each")
     try:
         while active:
+            if threads is not None and (want := threads()) != torch.get_num_threads():
+                torch.set_num_threads(want)
             for m in active:
                 if m.pos == 0:
                     _begin_epoch(m, device, ctx)
