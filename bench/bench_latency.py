@@ -13,6 +13,11 @@ with the machine, versions, threads, batch sizes and repeats.
 
     python bench/bench_latency.py                                  # tiny_ws, tiny, seed; batch 1 and 256; torch's threads
     python bench/bench_latency.py --threads 1 --out bench/results/latency_cpu_threads1.json
+    python bench/bench_latency.py --batches 1 --threads 1 2 --out bench/results/latency_cpu_batch1_threads.json
+
+``--threads`` takes several counts: each model and batch is then timed at each count, one fresh
+process after another, and every row names its ``threads`` (side by side in one run: at batch 1 a
+small model can answer sooner on one thread than on two, whose hand-offs cost more than they save).
 """
 from __future__ import annotations
 
@@ -106,7 +111,7 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
         got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
         stats = time_calls(run, x, repeats, warmup, cuda)
         target = TARGETS_MS.get((device, name)) if batch == 1 else None
-        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch,
+        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "threads": threads,
                      "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats,
                      "windows_per_s": batch / stats["median_ms"] * 1e3,
                      "parity_vs_eager": relative_diff(got, want), "target_ms": target,
@@ -118,46 +123,47 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["tiny_ws", "tiny", "seed"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 256])
-    ap.add_argument("--threads", type=int, default=None, help="torch and onnxruntime intra-op threads [torch's]")
+    ap.add_argument("--threads", type=int, nargs="+", default=None,
+                    help="torch and onnxruntime intra-op threads, one count or several [torch's]")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "MODEL:BATCH", rows as JSON on stdout
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    threads = torch.get_num_threads()
+    counts = a.threads or [torch.get_num_threads()]
+    if len(counts) == 1:
+        torch.set_num_threads(counts[0])
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_latency: --device cuda but torch sees no GPU")
     if a.one:
         name, batch = a.one.split(":")
-        print(ROWS_MARK + json.dumps(measure(name, int(batch), threads, a.repeats, a.warmup, a.device)))
+        print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device)))
         return
     rows = []
-    for name in a.models:
-        for batch in a.batches:
-            # A fresh process per (model, batch): measured here, batch-1 latency of every runtime was
-            # about 1.5x worse when batch-256 runs had gone before it in the same process.
-            cmd = [sys.executable, __file__, "--one", f"{name}:{batch}", "--threads", str(threads), "--repeats",
-                   str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            found = [ln for ln in done.stdout.splitlines() if ln.startswith(ROWS_MARK)]
-            if done.returncode or not found:
-                sys.exit(f"bench_latency: {name} at batch {batch} failed:\n{done.stderr[-2000:]}")
-            for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
-                rows.append(row)
-                target = row["target_ms"]
-                print(f"{name:7s} batch {batch:4d}  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
-                      f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
-                      + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
-                      flush=True)
+    for name, batch, threads in ((n, b, t) for n in a.models for b in a.batches for t in counts):
+        # A fresh process per (model, batch): measured here, batch-1 latency of every runtime was
+        # about 1.5x worse when batch-256 runs had gone before it in the same process.
+        cmd = [sys.executable, __file__, "--one", f"{name}:{batch}", "--threads", str(threads), "--repeats",
+               str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        found = [ln for ln in done.stdout.splitlines() if ln.startswith(ROWS_MARK)]
+        if done.returncode or not found:
+            sys.exit(f"bench_latency: {name} at batch {batch} failed:\n{done.stderr[-2000:]}")
+        for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
+            rows.append(row)
+            target = row["target_ms"]
+            print(f"{name:7s} batch {batch:4d}  {threads} thr  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
+                  f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
+                  + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
+                  flush=True)
     out = Path(a.out) if a.out else RESULTS / f"latency_{a.device}.json"
-    write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device, "threads": threads,
+    write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device,
+                     "threads": counts[0] if len(counts) == 1 else counts,
                      "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches,
                      "dtype": "float32, except the rows whose dtype is int8 weights",
                      "input": "random windows (batch, 128, 3); normalisation inside every runtime",
-                     "process": "a fresh process per model and batch size", "rows": rows})
+                     "process": "a fresh process per model, batch size and thread count", "rows": rows})
     print(f"-> {out}")
 
 

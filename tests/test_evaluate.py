@@ -326,6 +326,33 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     assert fast["repeats"] == 100 and all(0 < fast[k]["median"] <= fast[k]["p90"] for k in ("batch_1", "batch_4"))
     row = eff[eff["metric"] == "latency_cpu_onnxruntime_batch_1_median"].iloc[0]
     assert "logits within" in row["how"] and "onnxruntime" in row["how"]
+    assert "cpu_onnxruntime_1thread" not in m["latency_ms"]  # asked for one thread: no second row
+
+
+def test_small_batches_are_also_timed_on_one_thread_beside_the_threads_asked_for(evaluated, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime not installed: pip install -e '.[export]'")
+    from har_vit.stages.evaluate import ONE_THREAD_BATCH
+
+    src, _ = evaluated
+    run_dir = tmp_path / "run"
+    shutil.copytree(src, run_dir)
+    big = ONE_THREAD_BATCH * 2
+    before = torch.get_num_threads()
+    m = run(EvalConfig(device="cpu", latency_batch_sizes=(1, big), threads=2), run_dir)
+    lat = m["latency_ms"]
+    assert lat["cpu"]["threads"] == lat["cpu_onnxruntime"]["threads"] == 2
+    assert {"batch_1", f"batch_{big}"} <= set(lat["cpu_onnxruntime"])
+    one = lat["cpu_onnxruntime_1thread"]
+    assert one["threads"] == 1 and "1 thread," in one["runtime"] and one["parity"] <= 1e-4
+    assert "batch_1" in one and f"batch_{big}" not in one  # only batches up to ONE_THREAD_BATCH
+    assert torch.get_num_threads() == before  # the caller's threads are put back
+    eff = pd.read_csv(run_dir / "eval" / "efficiency.csv")
+    row = eff[eff["metric"] == "latency_cpu_onnxruntime_1thread_batch_1_median"].iloc[0]
+    assert "1 threads" in row["how"] or "1 thread," in row["how"]
+    from har_vit.stages.report import DASH, runtime_table
+
+    table = runtime_table(lat)  # the report's row: one thread, batch 1 timed, the larger batch not
+    assert any(r[0] == one["runtime"] and r[1] == "1" and r[3] == DASH for r in table.rows)
 
 
 def test_a_batch_size_whose_fast_runtime_falls_back_is_named_and_the_others_kept(evaluated, tmp_path, monkeypatch):

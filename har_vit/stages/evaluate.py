@@ -28,8 +28,10 @@ normalisation. Outputs (manifest last): ``metrics.json``, ``per_class.csv``,
   "threads": n, "device_name", "repeats", "warmup"}, "cuda": {...}, "cpu_onnxruntime": {...,
   "runtime", "parity"}}``; ``cuda`` only when a GPU is present and the device is not ``cpu``;
   ``cpu_onnxruntime`` when onnxruntime is installed and its logits equal eager PyTorch's
-  (:mod:`har_vit.core.runtime`), and ``cpu_onnxruntime_tta`` (batch 1: one window with all
-  its test-time-augmentation views) when TTA is on; ``{}`` with ``skip_latency``.
+  (:mod:`har_vit.core.runtime`), ``cpu_onnxruntime_1thread`` beside it when it ran on more than
+  one thread (the batch sizes up to :data:`ONE_THREAD_BATCH` again, on one thread: a small model
+  answers one window sooner without the threads' hand-offs), and ``cpu_onnxruntime_tta`` (batch 1:
+  one window with all its test-time-augmentation views) when TTA is on; ``{}`` with ``skip_latency``.
 - ``tta``: ``{views, description, without_tta: {accuracy, macro_f1}}``: how many views of
   each window were averaged (1: the window alone, TTA off, and no ``without_tta``), and the
   scores of the window alone beside the averaged ones.
@@ -83,6 +85,10 @@ from har_vit.stages.windows import load_windows
 
 EVAL_DIR = "eval"
 PLOTS_DIR = "plots"
+# Batch sizes the latency table also times on one onnxruntime thread when more were asked for. On 2
+# cores at batch 1 (bench/results/latency_cpu_batch1_threads.json, fixed-batch sessions): tiny_ws
+# 0.234 ms on 1 thread vs 0.347 ms on 2; seed, 58 M FLOPs a window, the other way (1.884 vs 1.515).
+ONE_THREAD_BATCH = 8
 
 
 @schema.config("evaluate")
@@ -340,6 +346,13 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
         # anything is timed.
         runtimes = {b: fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=b) for b in cfg.latency_batch_sizes}
         timed = _time_checked(eff, runtimes, X, cfg, "fast_runtime")
+        timed_one = None
+        small = [b for b in cfg.latency_batch_sizes if b <= ONE_THREAD_BATCH]
+        if timed is not None and small and torch.get_num_threads() > 1:
+            torch.set_num_threads(1)  # eager's rows stay as timed: at the threads asked for
+            ones = {b: fast_runtime(model.cpu(), norm, "auto", threads=1, check=X[:64], batch=b) for b in small}
+            timed_one = _time_checked(eff, ones, X, cfg, "fast_runtime_1thread")
+            torch.set_num_threads(cfg.threads or saved)
         timed_tta = None
         if timed is not None and len(views) > 1:
             rt = fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=len(views))
@@ -350,13 +363,15 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
     if timed is None:
         return
     threads = cfg.threads or saved
-    for key, got, how in (("cpu_onnxruntime", timed, "a session per batch size with that size fixed"),
-                          ("cpu_onnxruntime_tta", timed_tta, f"test-time augmentation: one window's {len(views)} "
-                                                             f"views in one call, batch fixed to {len(views)}")):
+    for key, got, how, n in (
+            ("cpu_onnxruntime", timed, "a session per batch size with that size fixed", threads),
+            ("cpu_onnxruntime_1thread", timed_one, "a session per batch size with that size fixed", 1),
+            ("cpu_onnxruntime_tta", timed_tta, f"test-time augmentation: one window's {len(views)} "
+                                               f"views in one call, batch fixed to {len(views)}", threads)):
         if got is None:
             continue
         lat, thr, parity = got
-        lat.update(threads=threads, runtime=describe_onnxruntime(threads, how), parity=parity)
+        lat.update(threads=n, runtime=describe_onnxruntime(n, how), parity=parity)
         eff["latency_ms"][key] = lat
         eff["throughput_windows_per_s"][key] = thr
 
