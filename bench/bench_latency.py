@@ -22,6 +22,7 @@ small model can answer sooner on one thread than on two, whose hand-offs cost mo
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -141,8 +142,8 @@ def main() -> None:
         print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device)))
         return
     rows = []
-    for name, batch, threads in ((n, b, t) for n in a.models for b in a.batches for t in counts):
-        # A fresh process per (model, batch): measured here, batch-1 latency of every runtime was
+    for name, batch, threads in itertools.product(a.models, a.batches, counts):
+        # A fresh process per (model, batch, threads): measured here, batch-1 latency of every runtime was
         # about 1.5x worse when batch-256 runs had gone before it in the same process.
         cmd = [sys.executable, __file__, "--one", f"{name}:{batch}", "--threads", str(threads), "--repeats",
                str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]

@@ -348,7 +348,7 @@ def test_small_batches_are_also_timed_on_one_thread_beside_the_threads_asked_for
     assert torch.get_num_threads() == before  # the caller's threads are put back
     eff = pd.read_csv(run_dir / "eval" / "efficiency.csv")
     row = eff[eff["metric"] == "latency_cpu_onnxruntime_1thread_batch_1_median"].iloc[0]
-    assert "1 threads" in row["how"] or "1 thread," in row["how"]
+    assert "(CPU, 1 thread, opset" in row["how"]
     from har_vit.stages.report import DASH, runtime_table
 
     table = runtime_table(lat)  # the report's row: one thread, batch 1 timed, the larger batch not

@@ -339,6 +339,7 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
     from har_vit.core.runtime import Runtime, describe_onnxruntime, fast_runtime
 
     saved = torch.get_num_threads()
+    threads = cfg.threads or saved
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
@@ -348,11 +349,9 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
         timed = _time_checked(eff, runtimes, X, cfg, "fast_runtime")
         timed_one = None
         small = [b for b in cfg.latency_batch_sizes if b <= ONE_THREAD_BATCH]
-        if timed is not None and small and torch.get_num_threads() > 1:
-            torch.set_num_threads(1)  # eager's rows stay as timed: at the threads asked for
+        if timed is not None and small and threads > 1:  # the small batches again, on one onnxruntime thread
             ones = {b: fast_runtime(model.cpu(), norm, "auto", threads=1, check=X[:64], batch=b) for b in small}
             timed_one = _time_checked(eff, ones, X, cfg, "fast_runtime_1thread")
-            torch.set_num_threads(cfg.threads or saved)
         timed_tta = None
         if timed is not None and len(views) > 1:
             rt = fast_runtime(model.cpu(), norm, "auto", check=X[:64], batch=len(views))
@@ -362,7 +361,6 @@ def _time_fast_runtime(eff: dict[str, Any], model: torch.nn.Module, norm: Mappin
         torch.set_num_threads(saved)
     if timed is None:
         return
-    threads = cfg.threads or saved
     for key, got, how, n in (
             ("cpu_onnxruntime", timed, "a session per batch size with that size fixed", threads),
             ("cpu_onnxruntime_1thread", timed_one, "a session per batch size with that size fixed", 1),
