@@ -95,8 +95,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "nojitter60": dict(jitter=0.0, epochs=60, patience=0),
     "tta": {},  # the default recipe's models, predicted with test-time augmentation (evaluate --tta 8)
     "lr1e-3": dict(lr=1e-3),  # a probe: twice the default peak learning rate
-    # Probes of 2026-12-03 on WISDM 2019, the default with one change each (at the best epoch the default's
-    # training accuracy was 0.57-0.63, its validation accuracy 0.37-0.53; w2019-default, seeds 0-2):
+    # Probes of 2026-12-03 on WISDM 2019: the default with one change each.
     "rot180": dict(rotate=180.0),  # full 3D rotations: a phone sits in a pocket any way up
     "mixup": dict(mixup=0.2),  # Mixup, Beta(0.2, 0.2)
     "ema": dict(ema=0.998),  # weight averaging (horizon ~500 steps): a steadier model for 2 validation users to pick
