@@ -305,6 +305,7 @@ def predict(**kw: Any) -> None:
     from har_vit.core.schema import build
     from har_vit.core.summary import command_summary, run_folder
     from har_vit.stages import predict as stage
+    from har_vit.stages.report import model_label
 
     v = resolve("predict", kw)
     model_dir = model_folder(v)
@@ -316,7 +317,7 @@ def predict(**kw: Any) -> None:
     trained = f"; the training windows had step {m['training_step']}" if m.get("training_step") else ""
     say(command_summary(
         f"predict: {m['windows_total']:,} windows of {m['window']} samples, step {m['step']}{trained}, from "
-        f"{m['records_kept']:,} of {m['records_total']:,} records ({q:,} quarantined) with {m['model']} "
+        f"{m['records_kept']:,} of {m['records_total']:,} records ({q:,} quarantined) with {model_label(m)} "
         f"(run {m['run_id']}) on {m['runtime']}",
         run_dir=run_folder(model_dir),
         extra=("most predicted: " + ", ".join(f"{k} {n:,}" for k, n in top),

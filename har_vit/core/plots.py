@@ -80,17 +80,24 @@ def per_class_bars(values: Mapping[str, float | None], path: str | os.PathLike,
 
 def training_curves(history: Sequence[Mapping[str, Any]], path: str | os.PathLike,
                     best_epoch: int | None = None) -> Path:
-    """Train/validation loss and accuracy per epoch (history.json rows); the best epoch is marked."""
-    epochs = [h["epoch"] for h in history]
+    """Train/validation loss and accuracy per epoch (history.json rows); the best epoch is marked.
 
-    def series(key: str) -> list[float]:
-        return [np.nan if h.get(key) is None else float(h[key]) for h in history]
+    An ensemble's rows carry ``member``: each member gets its own lines, in one colour per curve.
+    """
+    members = sorted({h["member"] for h in history if "member" in h}) or [None]
+
+    def series(rows: Sequence[Mapping[str, Any]], key: str) -> list[float]:
+        return [np.nan if h.get(key) is None else float(h[key]) for h in rows]
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 4.0), layout="constrained")
     for ax, keys, ylabel in ((ax_loss, ("train_loss", "val_loss"), "loss"),
                              (ax_acc, ("train_acc", "val_acc", "val_macro_f1"), "accuracy / F1")):
-        for key in keys:
-            ax.plot(epochs, series(key), marker="o", markersize=3, label=key.replace("_", " "))
+        for j, key in enumerate(keys):
+            for k, member in enumerate(members):
+                rows = [h for h in history if h.get("member") == member]
+                label = key.replace("_", " ") + (f" (member {member})" if member is not None else "")
+                ax.plot([h["epoch"] for h in rows], series(rows, key), marker="o", markersize=3, color=f"C{j}",
+                        alpha=1.0 if k == 0 else 0.5, label=label if len(members) < 4 or k == 0 else None)
         if best_epoch is not None:
             ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best epoch ({best_epoch})")
         ax.set_xlabel("epoch")

@@ -187,6 +187,11 @@ _DECLARED = [
        "article's: same users in train and test, leaky) or random (leaky).", "train", choices=_protocols),
     _o("seed", int, 0, "Random seed: split, initialisation, shuffling, augmentation (export: parity windows).",
        ("train", "export"), min=0),
+    _o("split_seed", int, None, "Seed of the split alone (which users validate and test; the random split) [--seed].",
+       "train", min=0, nullable=True),
+    _o("members", int, 1, "Train this many networks that differ only in their seed (initialisation, shuffling, "
+       "augmentation, dropout; one split, --seed's) and predict with the mean of their class probabilities: an "
+       "ensemble, with N times the training time, parameters and latency.", "train", min=1),
     _o("val_frac", float, 0.1, "Share of users (or windows) for validation.", "train", min=0,
        max=1, max_open=True),
     _o("test_frac", float, 0.2, "Share of users (or windows) for test.", "train", min=0, min_open=True, max=1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from har_vit.core.errors import UsageError
+from har_vit.model.ensemble import Ensemble
 from har_vit.model.vit import HarViT, ViTConfig, config_fields
 
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -52,18 +53,29 @@ def list_models(classical: bool = True) -> list[str]:
     return sorted(VARIANTS) + (list(CLASSICAL) if classical else [])
 
 
-def create_model(name: str, window: int = 128, channels: int = 3, num_classes: int = 6, **overrides: Any) -> HarViT:
+def create_model(name: str, window: int = 128, channels: int = 3, num_classes: int = 6, members: int = 1,
+                 **overrides: Any) -> HarViT | Ensemble:
     """Build variant ``name`` for ``(B, window, channels)`` input and ``num_classes`` logits.
 
     ``overrides`` replace the variant's :class:`ViTConfig` fields (e.g. ``drop=0.2``).
-    The returned module carries ``name`` and ``kwargs`` so that
-    ``create_model(m.name, **m.kwargs)`` rebuilds it (a checkpoint stores both).
+    ``members > 1`` builds an :class:`~har_vit.model.ensemble.Ensemble` of that many such
+    networks (``train --members``). The returned module carries ``name`` and ``kwargs`` so
+    that ``create_model(m.name, **m.kwargs)`` rebuilds it (a checkpoint stores both).
 
     >>> import torch
     >>> m = create_model("tiny", window=64, channels=6, num_classes=18)
     >>> m(torch.zeros(2, 64, 6)).shape
     torch.Size([2, 18])
     """
+    if not isinstance(members, int) or isinstance(members, bool) or members < 1:
+        raise UsageError(f"members must be a whole number >= 1, got {members!r}")
+    if members > 1:
+        if name in CLASSICAL:
+            raise UsageError(f"--members: '{name}' is not a network; ensembles are of network variants")
+        model = Ensemble([create_model(name, window, channels, num_classes, **overrides) for _ in range(members)])
+        model.name = name
+        model.kwargs = {**model.members[0].kwargs, "members": members}
+        return model
     if name in CLASSICAL:
         return _forest(window, channels, num_classes, **overrides)
     if name not in VARIANTS:

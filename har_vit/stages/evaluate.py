@@ -81,6 +81,7 @@ from har_vit.core.io import (
 )
 from har_vit.core.runs import find_model_dir
 from har_vit.core.schema import as_dict
+from har_vit.model.ensemble import ensemble_info
 from har_vit.stages.windows import load_windows
 
 EVAL_DIR = "eval"
@@ -433,7 +434,8 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
             _time_cuda_graph(eff, model, ckpt["norm"], X_test, cfg)
     metrics = {
         "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,
-        "epoch": ckpt.get("epoch"), "device": device.type, "device_name": efficiency.device_label(device),
+        "epoch": ckpt.get("epoch"), **ensemble_info(ckpt), "device": device.type,
+        "device_name": efficiency.device_label(device),
         "split": train_man.get("split", {}), "n_test": int(test.size),
         **classification_metrics(y_true, y_pred, class_names), "tta": tta_info, **eff,
         "per_user": per_user_metrics(users, y_true, y_pred, class_names),

@@ -54,6 +54,7 @@ from har_vit.core.runs import WindowSettings, find_model_dir, load_run, window_s
 from har_vit.core.runtime import CHECK_WINDOWS, fast_runtime
 from har_vit.core.schema import as_dict
 from har_vit.datasets.parse import Parsed, parse_file
+from har_vit.model.ensemble import ensemble_info
 from har_vit.stages.windows import bout_windows, find_bouts
 
 LOG_SUFFIXES = (".txt", ".txt.gz")
@@ -228,6 +229,7 @@ def run(cfg: PredictConfig, model_dir: str | Path, data_path: str | Path, out_cs
         "stage": "predict", "created": now_iso(), "versions": versions(),
         "config": as_dict(cfg),
         "model_dir": str(Path(model_dir)), "run_id": run_info.run_id, "model": run_info.ckpt["model_name"],
+        **ensemble_info(run_info.ckpt),
         "checkpoint": file_entry(run_info.ckpt_path), "epoch": run_info.ckpt.get("epoch"),
         "window": ws.window, "step": ws.step, "gap_s": ws.gap_s, "ts_per_s": ws.ts_per_s,
         "window_settings_from": ws.source, "training_step": trained.step if trained.source.startswith("windows manifest") else None,

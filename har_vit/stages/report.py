@@ -124,6 +124,27 @@ def fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
+def model_label(m: Mapping[str, Any]) -> str:
+    """The model as a reader names it: the variant, or an ensemble of it (``train --members``).
+
+    >>> model_label({"model": "tiny_ws"}), model_label({"model": "tiny_ws", "members": 3})
+    ('tiny_ws', 'ensemble of 3 tiny_ws')
+    """
+    k = m.get("members") or 1
+    return f"ensemble of {k} {m.get('model')}" if k > 1 else str(m.get("model"))
+
+
+def epoch_label(m: Mapping[str, Any]) -> str:
+    """Which epoch's weights were evaluated; an ensemble's members each have their own.
+
+    >>> epoch_label({"epoch": 7}), epoch_label({"epoch": 9, "members": 2, "member_epochs": [9, 4]})
+    ('epoch 7', 'epochs 9, 4: one per member')
+    """
+    if (m.get("members") or 1) > 1 and m.get("member_epochs"):
+        return f"epochs {', '.join(map(str, m['member_epochs']))}: one per member"
+    return f"epoch {fmt(m.get('epoch'))}"
+
+
 def fmt_delta(new: Any, old: Any, digits: int = 4) -> str:
     if new is None or old is None:
         return DASH
@@ -378,11 +399,11 @@ def model_section(chain: Chain) -> list[Block]:
     tr, m = chain.train, chain.metrics
     cfg = tr.get("config") or {}
     rows = [
-        ("variant", str(tr.get("model", m.get("model")))),
+        ("variant", model_label({**m, "model": tr.get("model", m.get("model"))})),
         ("parameters", fmt(m.get("params", tr.get("params")))),
         ("epochs run / best epoch", f"{fmt(tr.get('epochs_run'))} / {fmt(tr.get('best_epoch'))}"),
         ("best validation macro F1", fmt(tr.get("best_val_macro_f1"))),
-        ("checkpoint evaluated", f"{m.get('checkpoint', DASH)}.pt (epoch {fmt(m.get('epoch'))})"),
+        ("checkpoint evaluated", f"{m.get('checkpoint', DASH)}.pt ({epoch_label(m)})"),
         ("training device", str(tr.get("device", DASH))),
         ("seed", fmt(cfg.get("seed"))),
         ("training time (s)", fmt(tr.get("train_seconds"), 1)),
@@ -434,8 +455,8 @@ def headline(chain: Chain) -> Headline:
         ("split", f"{split.get('protocol', DASH)}" + (" (LEAKY: the same people in train and test)" if is_leaky(split)
                                                       else f" ({len(users)} test users never seen in training: "
                                                            f"{', '.join(map(str, users))})")),
-        ("model", f"{m.get('model')} ({fmt(m.get('params'))} parameters), checkpoint {m.get('checkpoint', DASH)} "
-                  f"(epoch {fmt(m.get('epoch'))})"),
+        ("model", f"{model_label(m)} ({fmt(m.get('params'))} parameters), checkpoint {m.get('checkpoint', DASH)} "
+                  f"({epoch_label(m)})"),
         ("this model", f"accuracy {fmt(m.get('accuracy'))}, macro F1 {fmt(m.get('macro_f1'))}"),
     ]
     base, chance = m.get("baseline"), m.get("chance")
@@ -500,10 +521,10 @@ def results_section(chain: Chain) -> list[Block]:
     blocks: list[Block] = [Heading("Results"), Table(("metric", "value"), rows, caption=caption)]
     base, chance, plain = m.get("baseline"), m.get("chance"), tta.get("without_tta")
     if base or chance or plain:
-        side = [(f"this model ({m.get('model')})" + (f", {tta['views']} views (TTA)" if plain else ""),
+        side = [(f"this model ({model_label(m)})" + (f", {tta['views']} views (TTA)" if plain else ""),
                  fmt(m.get("accuracy")), fmt(m.get("macro_f1")))]
         if plain:
-            side.append((f"this model ({m.get('model')}), the window alone (--tta 0)", fmt(plain["accuracy"]),
+            side.append((f"this model ({model_label(m)}), the window alone (--tta 0)", fmt(plain["accuracy"]),
                          fmt(plain["macro_f1"])))
         if base:
             side.append((f"baseline: {base['description']}", fmt(base["accuracy"]), fmt(base["macro_f1"])))

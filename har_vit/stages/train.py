@@ -44,6 +44,7 @@ from har_vit.training.augment import AugmentConfig
 from har_vit.training.distributed import DistContext
 from har_vit.training.graphs import graphed_step_or_none
 from har_vit.training.loop import Data, epoch_batches, evaluate_split, prepare_data, train_epoch, train_step
+from har_vit.training.members import train_members
 from har_vit.training.objective import set_frozen
 from har_vit.training.parts import (
     build_parts,
@@ -106,6 +107,10 @@ def run(cfg: TrainConfig, windows_dir: str | Path, out_dir: str | Path, resume: 
 def _run(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, stop_after: int | None,
          ctx: DistContext, device: torch.device) -> dict[str, Any]:
     set_up_process(cfg, device)
+    if cfg.members > 1:
+        if stop_after is not None:
+            raise UsageError("stop_after trains one network; an ensemble's members stop and resume one by one")
+        return train_members(cfg, windows_dir, out, resume, ctx, device)
     last_path = check_run_folder(out, resume)
 
     data = prepare_data(cfg, windows_dir, ctx, device)

@@ -209,7 +209,8 @@ def inverse_frequency(y: np.ndarray, num_classes: int) -> list[float]:
 
 def prepare_data(cfg: TrainConfig, windows_dir: Path, ctx: DistContext, device: torch.device) -> Data:
     w = load_windows(windows_dir)  # ArtefactError when missing or corrupt
-    split = make_split(cfg.split, w, seed=cfg.seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+    split_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    split = make_split(cfg.split, w, seed=split_seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                        test_users=cfg.test_users or None, fold=cfg.fold)
     n_train, n_val = split.train.size, split.val.size
     if n_val == 0:

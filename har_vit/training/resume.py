@@ -12,7 +12,7 @@ import json
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -100,10 +100,11 @@ class CheckpointWriter:
             self._pool.shutdown(wait=True)
 
 
-def write_history(out: Path, history: list[dict[str, Any]]) -> None:
+def write_history(out: Path, history: list[dict[str, Any]], lead: Sequence[str] = ()) -> None:
+    """``history.json`` and ``history.csv``; ``lead``: columns before the epoch's (an ensemble's member, seed)."""
     write_json(out / "history.json", history)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=(*lead, *HISTORY_FIELDS), lineterminator="\n")
     writer.writeheader()
     writer.writerows(history)
     write_text(out / "history.csv", buf.getvalue())

@@ -58,6 +58,8 @@ def why_not_stacked(cfg: TrainConfig) -> str | None:
     """Why ``cfg`` cannot train in a stack (it then trains alone), or None when it can."""
     if cfg.model in CLASSICAL:
         return f"--model {cfg.model} is not trained by gradient"
+    if cfg.members > 1:
+        return "--members: each ensemble trains its members as a stack of their own"
     for opt in ("teacher", "init", "freeze_epochs", "compile", "ema"):
         if getattr(cfg, opt):
             return f"--{opt.replace('_', '-')} is not supported in a stack"
