@@ -61,6 +61,8 @@ def test_an_ensemble_is_its_members_own_runs_on_one_split_averaging_their_probab
     # The manifest's validation score is the ensemble's own, beside each member's.
     assert man["best_val_macro_f1"] == ckpt["val"]["val_macro_f1"]
     assert [m["best_epoch"] for m in man["members"]] == ckpt["member_epochs"]
+    # Trained side by side in one stack, each member timed the whole stack's epochs: counted once.
+    assert man["train_seconds"] == pytest.approx(max(m["train_seconds"] for m in man["members"]), abs=1e-3)
     history = json.loads((tmp_path / "ens" / "history.json").read_text())
     assert sorted({(h["member"], h["seed"]) for h in history}) == list(enumerate(seeds))
     assert (tmp_path / "ens" / "history.csv").read_text().startswith("member,seed,epoch,")

@@ -95,6 +95,19 @@ def _weights(ckpts: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return {f"members.{i}.{k}": v for i, c in enumerate(ckpts) for k, v in c["model"].items()}
 
 
+def training_seconds(mans: list[dict[str, Any]]) -> float:
+    """The members' training time: members trained together in a stack count once (the longest, as
+    their epochs ran side by side, each timing the whole stack's), members trained alone add up.
+
+    >>> training_seconds([{"train_seconds": 30, "training_step": "stacked (vmap)"},
+    ...                   {"train_seconds": 28, "training_step": "stacked (vmap)"}, {"train_seconds": 9}])
+    39
+    """
+    stacked = [m["train_seconds"] for m in mans if str(m.get("training_step", "")).startswith("stacked")]
+    return max(stacked, default=0) + sum(m["train_seconds"] for m in mans if not
+                                         str(m.get("training_step", "")).startswith("stacked"))
+
+
 def assemble(cfg: TrainConfig, windows_dir: Path, out: Path, dirs: list[Path], ctx: DistContext,
              device: torch.device) -> dict[str, Any]:
     """Write ``out``'s checkpoints, split, history and manifest from the finished members in ``dirs``."""
@@ -138,7 +151,7 @@ def assemble(cfg: TrainConfig, windows_dir: Path, out: Path, dirs: list[Path], c
         model=model.name, model_kwargs=kwargs, params=model.num_params(), **{k: first[k] for k in keep if k in first},
         epochs_run=max(m["epochs_run"] for m in mans), best_epoch=None, best_val_macro_f1=val["val_macro_f1"],
         best_val=val, stopped_early=all(m["stopped_early"] for m in mans),
-        train_seconds=round(sum(m["train_seconds"] for m in mans), 3),
+        train_seconds=round(training_seconds(mans), 3),
         windows_per_s=None, members=per_member,
         outputs=[file_entry(out / f) for f in ("last.pt", "best.pt", "history.json", "history.csv", "split.npz")],
     )
