@@ -14,10 +14,13 @@ with the machine, versions, threads, batch sizes and repeats.
     python bench/bench_latency.py                                  # tiny_ws, tiny, seed; batch 1 and 256; torch's threads
     python bench/bench_latency.py --threads 1 --out bench/results/latency_cpu_threads1.json
     python bench/bench_latency.py --batches 1 --threads 1 2 --out bench/results/latency_cpu_batch1_threads.json
+    python bench/bench_latency.py --models tiny_ws --members 1 3 --batches 1 --threads 1 --out bench/results/latency_cpu_ensemble.json
 
 ``--threads`` takes several counts: each model and batch is then timed at each count, one fresh
 process after another, and every row names its ``threads`` (side by side in one run: at batch 1 a
 small model can answer sooner on one thread than on two, whose hand-offs cost more than they save).
+``--members`` likewise: each model is also timed as an ensemble of that many (``train --members``),
+rows named ``MODEL x K``.
 """
 from __future__ import annotations
 
@@ -77,11 +80,12 @@ def ort_call(sess: Any) -> Callable[[Any], Any]:
     return lambda x: sess.run(None, {INPUT_NAME: x})[0]
 
 
-def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, device: str) -> list[dict[str, Any]]:
-    """Every runtime of model ``name`` at ``batch``, timed on the same windows: one row each."""
+def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, device: str,
+            members: int = 1) -> list[dict[str, Any]]:
+    """Every runtime of model ``name`` (an ensemble of ``members``) at ``batch``, timed on the same windows: one row each."""
     cuda = device == "cuda"
     torch.manual_seed(0)
-    model = create_model(name).eval()
+    model = create_model(name, members=members).eval()
     T, C = model.cfg.window, model.cfg.channels
     runtimes: dict[str, Callable[[], Callable[[Any], Any]]] = {}
     if cuda:
@@ -112,7 +116,7 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
         got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
         stats = time_calls(run, x, repeats, warmup, cuda)
         target = TARGETS_MS.get((device, name)) if batch == 1 else None
-        rows.append({"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "threads": threads,
+        rows.append({"model": name if members == 1 else f"{name} x {members}", "members": members, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "threads": threads,
                      "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats,
                      "windows_per_s": batch / stats["median_ms"] * 1e3,
                      "parity_vs_eager": relative_diff(got, want), "target_ms": target,
@@ -126,11 +130,12 @@ def main() -> None:
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 256])
     ap.add_argument("--threads", type=int, nargs="+", default=None,
                     help="torch and onnxruntime intra-op threads, one count or several [torch's]")
+    ap.add_argument("--members", type=int, nargs="+", default=[1], help="also time ensembles of this many")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None)
-    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "MODEL:BATCH", rows as JSON on stdout
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "MODEL:BATCH:MEMBERS", rows as JSON
     a = ap.parse_args()
     counts = a.threads or [torch.get_num_threads()]
     if len(counts) == 1:
@@ -138,14 +143,14 @@ def main() -> None:
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_latency: --device cuda but torch sees no GPU")
     if a.one:
-        name, batch = a.one.split(":")
-        print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device)))
+        name, batch, k = a.one.split(":")
+        print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device, int(k))))
         return
     rows = []
-    for name, batch, threads in itertools.product(a.models, a.batches, counts):
+    for name, k, batch, threads in itertools.product(a.models, a.members, a.batches, counts):
         # A fresh process per (model, batch, threads): measured here, batch-1 latency of every runtime was
         # about 1.5x worse when batch-256 runs had gone before it in the same process.
-        cmd = [sys.executable, __file__, "--one", f"{name}:{batch}", "--threads", str(threads), "--repeats",
+        cmd = [sys.executable, __file__, "--one", f"{name}:{batch}:{k}", "--threads", str(threads), "--repeats",
                str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = [ln for ln in done.stdout.splitlines() if ln.startswith(ROWS_MARK)]
@@ -154,7 +159,7 @@ def main() -> None:
         for row in json.loads(found[-1].removeprefix(ROWS_MARK)):
             rows.append(row)
             target = row["target_ms"]
-            print(f"{name:7s} batch {batch:4d}  {threads} thr  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
+            print(f"{row['model']:11s} batch {batch:4d}  {threads} thr  {row['runtime']:66s} median {row['median_ms']:8.3f} ms  "
                   f"p90 {row['p90_ms']:8.3f} ms  parity {row['parity_vs_eager']:.1e}"
                   + ("" if target is None else f"  target {target} ms: {'met' if row['meets_target'] else 'NOT met'}"),
                   flush=True)
