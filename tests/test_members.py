@@ -118,6 +118,11 @@ def test_members_of_a_forest_or_under_a_wrong_count_are_one_line_errors(tmp_path
     assert not (tmp_path / "rf" / "members").exists()
     res = CliRunner().invoke(cli, ["train", "--in", str(windows), "--out", str(tmp_path / "x"), "--members", "0"])
     assert res.exit_code != 0 and "members" in res.output and "Traceback" not in res.output
+    # Bad input found once the members start: the one-line error, and no folder left behind.
+    res = CliRunner().invoke(cli, ["train", "--in", str(windows), "--out", str(tmp_path / "bad"), "--members", "2",
+                                   "--test-users", "999", "--threads", "1", "--no-progress"])
+    assert res.exit_code != 0 and "999" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cv_of_an_ensemble_scores_each_folds_ensemble(tmp_path, windows_npz):

@@ -81,13 +81,20 @@ def train_members(cfg: TrainConfig, windows_dir: Path, out: Path, resume: bool, 
         say(f"har_vit train: {len(todo)} of {cfg.members} members to train ({cfg.model}, seeds "
             f"{', '.join(str(cfgs[i].seed) for i in todo)}; split of seed {cfgs[0].split_seed})"
             + (f", one after another ({reason})" if reason and len(todo) > 1 else ""))
+    created = not out.exists()
     begin_stage(out)  # a stale manifest must not vouch for a run being rewritten
-    if reason is None and len(todo) > 1:
-        train_stacks([cfgs[i] for i in todo], windows_dir, [dirs[i] for i in todo],
-                     resume=[(dirs[i] / "last.pt").is_file() for i in todo], echo=say)
-    else:
-        for i in todo:
-            train.run(cfgs[i], windows_dir, dirs[i], resume=(dirs[i] / "last.pt").is_file())
+    try:
+        if reason is None and len(todo) > 1:
+            train_stacks([cfgs[i] for i in todo], windows_dir, [dirs[i] for i in todo],
+                         resume=[(dirs[i] / "last.pt").is_file() for i in todo], echo=say)
+        else:
+            for i in todo:
+                train.run(cfgs[i], windows_dir, dirs[i], resume=(dirs[i] / "last.pt").is_file())
+    except BaseException:
+        for d in (out / MEMBERS, out) if created else ():  # bad input: leave no empty folder behind
+            if d.is_dir() and not any(d.iterdir()):
+                d.rmdir()
+        raise
     return assemble(cfg, windows_dir, out, dirs, ctx, device)
 
 
