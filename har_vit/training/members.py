@@ -34,7 +34,7 @@ from har_vit.model.ensemble import member_seed
 from har_vit.model.variants import CLASSICAL
 from har_vit.training.distributed import DistContext
 from har_vit.training.loop import evaluate_split, prepare_data
-from har_vit.training.resume import write_history
+from har_vit.training.resume import checkpoint_header, write_history
 
 if TYPE_CHECKING:
     from har_vit.stages.train import TrainConfig
@@ -110,9 +110,9 @@ def training_seconds(mans: list[dict[str, Any]]) -> float:
     ...                   {"train_seconds": 28, "training_step": "stacked (vmap)"}, {"train_seconds": 9}])
     39
     """
-    stacked = [m["train_seconds"] for m in mans if str(m.get("training_step", "")).startswith("stacked")]
-    return max(stacked, default=0) + sum(m["train_seconds"] for m in mans if not
-                                         str(m.get("training_step", "")).startswith("stacked"))
+    stacked = [str(m.get("training_step", "")).startswith("stacked") for m in mans]
+    return (max((m["train_seconds"] for m, st in zip(mans, stacked) if st), default=0)
+            + sum(m["train_seconds"] for m, st in zip(mans, stacked) if not st))
 
 
 def assemble(cfg: TrainConfig, windows_dir: Path, out: Path, dirs: list[Path], ctx: DistContext,
@@ -129,20 +129,17 @@ def assemble(cfg: TrainConfig, windows_dir: Path, out: Path, dirs: list[Path], c
             raise ArtefactError(f"{d}: this member was trained on another split than {dirs[0]}; delete {out} "
                                 "and train the ensemble again")
     kwargs = {**best[0]["model_kwargs"], "members": len(dirs)}
-    header = {k: v for k, v in best[0].items() if k not in ("model", "epoch", "val", "rng", "optimizer",
-                                                              "scheduler", "ema", "run_id", "history", "best",
-                                                              "train_seconds", "stopped_early")}
-    header.update(model_kwargs=kwargs, train_config=as_dict(cfg))
-    model = model_from_checkpoint({**header, "model": _weights(best)})
-
+    best_weights = _weights(best)
+    model = model_from_checkpoint({"model_name": best[0]["model_name"], "model_kwargs": kwargs, "model": best_weights})
     data = prepare_data(cfg, windows_dir, ctx, device)  # the members' split: cfg.seed drew it for all
+    header = checkpoint_header(cfg, model, data, device)  # what every run's checkpoints carry, for the ensemble
     val = evaluate_split(model.to(device), data.X_val, data.y_val, cfg.eval_batch_size, device)
     seeds = [int(m["config"]["seed"]) for m in mans]
     per_member = [{"member": i, "seed": s, "run": str(d.relative_to(out)), "epochs_run": m["epochs_run"],
                    "best_epoch": m["best_epoch"], "best_val_macro_f1": m["best_val_macro_f1"],
                    "stopped_early": m["stopped_early"], "train_seconds": m["train_seconds"]}
                   for i, (s, d, m) in enumerate(zip(seeds, dirs, mans, strict=True))]
-    save_checkpoint(out / "best.pt", {**header, "model": _weights(best), "epoch": max(int(c["epoch"]) for c in best),
+    save_checkpoint(out / "best.pt", {**header, "model": best_weights, "epoch": max(int(c["epoch"]) for c in best),
                                       "val": val, "member_epochs": [int(c["epoch"]) for c in best]})
     save_checkpoint(out / "last.pt", {**header, "model": _weights(last), "epoch": max(int(c["epoch"]) for c in last),
                                       "member_epochs": [int(c["epoch"]) for c in last]})
