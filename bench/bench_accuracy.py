@@ -28,7 +28,9 @@ default recipe until 2026-12-02 (``--jitter 0.05``; ``jitter_ema``: the same wit
 0.998``); ``aug`` is ``jitter`` with full 180-degree rotations; ``lr1e-3`` is the default with
 twice the peak learning rate; ``nojitter60`` is ``--jitter 0 --epochs 60 --patience 0``; the
 default with one change each: ``rot180`` (``--rotate 180``), ``mixup`` (``--mixup 0.2``), ``ema``
-(``--ema 0.998``), ``val20`` (``--val-frac 0.2``); ``article`` is the
+(``--ema 0.998``), ``val20`` (``--val-frac 0.2``); ``ens3`` is an ensemble of three default
+models (``--members 3``); ``distill_ens3`` is one default model distilled from ``ens3``'s ensemble
+of the same seed and split (``--teacher RUN``, trained first if missing); ``article`` is the
 article's optimiser and schedule for its network (AdamW 5e-4, StepLR x0.1 every 10 epochs,
 batch 128, 30 epochs, no warm-up, no early stopping) with the old default augmentation,
 predicted one pass per window; ``tta`` and
@@ -52,6 +54,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +65,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results, tta  # noqa: E402
-from har_vit.core.schema import OPTIONS, as_dict  # noqa: E402
 from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
+from har_vit.core.schema import OPTIONS, as_dict  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
 from har_vit.stages.train import TrainConfig, run  # noqa: E402
-from har_vit.training.loop import fit_norm  # noqa: E402
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows  # noqa: E402
+from har_vit.training.loop import fit_norm  # noqa: E402
 
 SHARED = Path(os.environ.get("HAR_VIT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 V11 = SHARED / "wisdm_v1.1" / "wisdm_v1.1_windows128.npz"
@@ -105,7 +108,13 @@ RECIPES: dict[str, dict[str, Any]] = {
     # The same ensemble at about the default's training cost: 3 members of 9 epochs (the default's runs stop after
     # 26 on average). Measured 2026-12-03, users 29-36: macro F1 0.8089, below the default's 0.8579: 9 epochs are too few.
     "ens3e9": dict(members=3, epochs=9),
+    # 2026-12-03: one default model distilled from the ens3 recipe's ensemble of the same seed, split and fold
+    # (train --teacher RUN, soft targets, alpha 0.5, T 4): the ensemble's accuracy at one model's latency, if it
+    # carries over. The teacher is trained first when its run is missing; its time is kept in teacher_train_seconds.
+    "distill_ens3": {},
 }
+# Recipes whose student learns from another recipe's trained model of the same seed, split and fold.
+TEACHER = {"distill_ens3": "ens3"}
 BASELINES = ("rf", "minirocket")
 # Test-time augmentation per recipe (extra views per window): the article predicts each window once;
 # every other recipe predicts as `evaluate` does by default.
@@ -285,6 +294,19 @@ def scored_tag(model: str, recipe: str, protocol: str, job: dict[str, Any], epoc
     return tag + (f"-tta{n_tta}" if n_tta else "")
 
 
+def with_teacher(cfg: TrainConfig, model: str, teacher_recipe: str, protocol: str, job: dict[str, Any],
+                 a: argparse.Namespace, work: Path, windows: Path, w: dict[str, np.ndarray]
+                 ) -> tuple[TrainConfig, dict[str, Any]]:
+    """``cfg`` distilled from ``teacher_recipe``'s run of the same model, seed, split and fold (trained
+    here first when it is missing or unfinished), and that teacher's scores."""
+    t_tag = scored_tag(model, teacher_recipe, protocol, job, None, a.device).split("-tta")[0]
+    t_run = work / "runs" / t_tag / "run"
+    t_opts = RECIPES[teacher_recipe]
+    t_cfg = replace(cfg, **{k: v for k, v in t_opts.items()})
+    t_res = train_one(t_cfg, windows, t_run, w, tta_of(teacher_recipe))
+    return replace(cfg, teacher=str(t_run.resolve())), t_res
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["tiny_ws"], choices=list_models() + ["minirocket"])
@@ -334,6 +356,9 @@ def main() -> None:
                 cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
                                      "split": job["split"], "test_users": job.get("test_users", ()),
                                      "device": a.device, "threads": a.threads, "progress": False})
+                teacher_res = None
+                if recipe in TEACHER:
+                    cfg, teacher_res = with_teacher(cfg, model, TEACHER[recipe], protocol, job, a, work, windows, w)
                 if cached.is_file() and settings_differ(work / "runs" / tag / "run", cfg):
                     cached.unlink()  # scores of a run trained otherwise; train_one trains it again
                 if scored in logged or cached.is_file():
@@ -344,6 +369,9 @@ def main() -> None:
                 else:
                     res = train_one(cfg, windows, work / "runs" / tag / "run", w, n_tta)
                 res = {"seed": job["seed"], "fold": job["fold"], **res}
+                if teacher_res is not None:  # a distilled model costs its teacher's training too
+                    res["teacher_train_seconds"] = teacher_res["train_seconds"]
+                    res["teacher_scores"] = {k: teacher_res[k] for k in ("accuracy", "macro_f1")}
                 write_json(cached, res)
                 with open(runs_log, "a") as fh:  # one short line per model: appends do not interleave
                     fh.write(json.dumps({"tag": scored, "result": res}) + "\n")

@@ -138,3 +138,27 @@ def test_cv_of_an_ensemble_scores_each_folds_ensemble(tmp_path, windows_npz):
         metrics = json.loads((model / "eval" / "metrics.json").read_text())
         assert metrics["members"] == 2 and metrics["macro_f1"] == p["macro_f1"]
         assert sorted(d.name for d in (model / "members").iterdir()) == ["m0", "m1"]
+
+
+def test_an_ensemble_teaches_a_student_its_mean_probabilities(tmp_path, windows):
+    from har_vit.stages import report
+    from har_vit.training.objective import load_teacher
+
+    ens_cfg = dataclasses.replace(CFG, epochs=1)
+    run(ens_cfg, windows, tmp_path / "ens")
+    before = (tmp_path / "ens" / "best.pt").read_bytes()
+    ens, ckpt = load_model(tmp_path / "ens")
+    split = json.loads((tmp_path / "ens" / "manifest.json").read_text())["split"]
+    teacher = load_teacher(str(tmp_path / "ens"), ckpt["norm"], ckpt["class_names"], torch.device("cpu"), split)
+    X = torch.randn(9, 32, 3)
+    members = [load_model(tmp_path / "ens" / "members" / f"m{i}")[0] for i in range(2)]
+    # The distillation target is the ensemble's mean probability, not one member's.
+    torch.testing.assert_close(teacher.logits(X).softmax(-1), torch.stack([probs(m, X) for m in members]).mean(0),
+                               rtol=1e-5, atol=1e-6)
+    student = run(dataclasses.replace(ens_cfg, members=1, teacher=str(tmp_path / "ens")), windows, tmp_path / "student")
+    assert (tmp_path / "ens" / "best.pt").read_bytes() == before  # the teacher is never trained
+    assert student["teacher"]["members"] == 2 and student["teacher"]["params"] == ens.num_params()
+    assert student["params"] * 2 == ens.num_params()
+    evaluate.run(evaluate.EvalConfig(skip_latency=True, baseline="none"), tmp_path / "student")
+    html = report.run(tmp_path / "student", tmp_path / "reports").read_text()
+    assert f"ensemble of 2 tiny ({ens.num_params():,} params)" in html

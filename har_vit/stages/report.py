@@ -411,7 +411,7 @@ def model_section(chain: Chain) -> list[Block]:
     ]
     teacher, init, aug = tr.get("teacher"), tr.get("init"), tr.get("augment")
     if teacher:
-        rows.append(("distilled from (teacher)", f"{teacher.get('model')} ({fmt(teacher.get('params'))} params), "
+        rows.append(("distilled from (teacher)", f"{model_label(teacher)} ({fmt(teacher.get('params'))} params), "
                                                  f"run {teacher.get('run')}; {cfg.get('distill', 'soft')} targets, "
                                                  f"alpha {cfg.get('distill_alpha')}, T {cfg.get('distill_temperature')}"))
     if init:

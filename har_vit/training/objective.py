@@ -27,6 +27,7 @@ from torch import nn
 
 from har_vit.core.checkpoint import load_checkpoint, model_from_checkpoint
 from har_vit.core.errors import UsageError
+from har_vit.model.ensemble import ensemble_info
 from har_vit.training.augment import Augmenter, soft_cross_entropy
 
 HEAD_PREFIX = "head."
@@ -128,7 +129,8 @@ def load_teacher(run: str, student_norm: dict[str, list[float]], class_names: li
     ms, ss = (torch.tensor(student_norm[k], dtype=torch.float32, device=device) for k in ("mean", "std"))
     mt, st = (torch.tensor(ckpt["norm"][k], dtype=torch.float32, device=device) for k in ("mean", "std"))
     info = {"run": str(Path(run).resolve()), "checkpoint": str(path), "model": ckpt["model_name"],
-            "params": sum(p.numel() for p in model.parameters()), "run_split": t_split.get("description")}
+            "params": sum(p.numel() for p in model.parameters()), "run_split": t_split.get("description"),
+            **ensemble_info(ckpt)}  # a teacher trained with --members K is their ensemble: K is named
     return Teacher(model, ss / st, (ms - mt) / st, info)
 
 
