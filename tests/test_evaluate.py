@@ -456,3 +456,11 @@ def test_forest_has_no_saliency():
     X = rng.normal(size=(40, T, C)).astype(np.float32)
     forest = fit_forest(torch.from_numpy(X), np.arange(40) % 2, 2, seed=0, trees=5)
     assert saliency(forest, {"mean": [0.0] * C, "std": [1.0] * C}, X[:2], np.array([0, 1])) is None
+
+
+@pytest.mark.parametrize("threads, words", [(1, "1 thread,"), (2, "2 threads,")])
+def test_efficiency_rows_name_the_cpu_threads_in_plain_words(threads, words):
+    eff = efficiency.measure(create_model("tiny", window=T, channels=C), window=T, channels=C, batch_sizes=(1,),
+                             repeats=2, warmup=0, threads=threads)
+    how = " ".join(r["how"] for r in efficiency.efficiency_rows(eff))
+    assert words in how and "1 threads" not in how

@@ -222,7 +222,7 @@ def efficiency_rows(eff: dict[str, Any]) -> list[dict[str, Any]]:
     for dev, lat in eff["latency_ms"].items():
         setting = f"{dev.split('_')[0].upper()} {lat['device_name']}"
         if "threads" in lat:
-            setting += f", {lat['threads']} threads"
+            setting += f", {lat['threads']} thread{'s' if lat['threads'] != 1 else ''}"
         if lat.get("runtime"):  # a runtime other than eager PyTorch, held to its logits
             setting += (f", {lat['runtime']}, normalisation inside, logits within {lat['parity']:.1e} of eager "
                         f"PyTorch, {lat['repeats']} timed runs after {lat['warmup']} warm-up")
