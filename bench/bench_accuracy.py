@@ -299,10 +299,10 @@ def with_teacher(cfg: TrainConfig, model: str, teacher_recipe: str, protocol: st
                  ) -> tuple[TrainConfig, dict[str, Any]]:
     """``cfg`` distilled from ``teacher_recipe``'s run of the same model, seed, split and fold (trained
     here first when it is missing or unfinished), and that teacher's scores."""
-    t_tag = scored_tag(model, teacher_recipe, protocol, job, None, a.device).split("-tta")[0]
+    # --epochs overrides the teacher's epochs too, and its tag says so (a cached ens3 run of 30 epochs is not it)
+    t_tag = scored_tag(model, teacher_recipe, protocol, job, a.epochs, a.device).split("-tta")[0]
     t_run = work / "runs" / t_tag / "run"
-    t_opts = RECIPES[teacher_recipe]
-    t_cfg = replace(cfg, **{k: v for k, v in t_opts.items()})
+    t_cfg = replace(cfg, **{**RECIPES[teacher_recipe], **({"epochs": a.epochs} if a.epochs else {})})
     t_res = train_one(t_cfg, windows, t_run, w, tta_of(teacher_recipe))
     return replace(cfg, teacher=str(t_run.resolve())), t_res
 

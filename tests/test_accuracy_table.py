@@ -98,3 +98,28 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     redone = train_one(changed, wdir, tmp_path / "other", w, 0)
     assert calls == [{"resume": True}, {}] and redone["epochs_run"] == 2
     assert redone["tta_views"] == 1 and "without_tta" not in redone
+
+
+def test_a_distilled_recipe_trains_its_teacher_once_under_the_teachers_own_tag(tmp_path, windows_npz, monkeypatch):
+    """distill_ens3 learns from the ens3 run of the same seed, split and --epochs; a cached teacher is reused."""
+    import bench_accuracy
+    from bench_accuracy import TEACHER, with_teacher
+    from har_vit.stages.train import TrainConfig, run
+    from har_vit.stages.windows import WindowConfig, import_npz, load_windows
+
+    wdir = tmp_path / "w"
+    import_npz(WindowConfig(), windows_npz, wdir)
+    a = parser().parse_args(["--recipe", "distill_ens3", "--epochs", "1", "--work", str(tmp_path / "work")])
+    job = {"seed": 0, "fold": None, "split": "subject", "test_users": (2,)}
+    cfg = TrainConfig(model="tiny", seed=0, split="subject", test_users=(2,), epochs=1, batch_size=32,
+                      progress=False, threads=1)
+    calls = []
+    monkeypatch.setattr(bench_accuracy, "run", lambda *x, **k: calls.append(x[0]) or run(*x, **k))
+    student, t_res = with_teacher(cfg, "tiny", TEACHER["distill_ens3"], "users29-36", job, a, tmp_path / "work",
+                                  wdir, load_windows(wdir))
+    t_run = tmp_path / "work" / "runs" / scored_tag("tiny", "ens3", "users29-36", job, 1, "auto") / "run"
+    assert "-ens3-users29-36-e1-s0-" in str(t_run) and student.teacher == str(t_run.resolve())
+    assert [c.members for c in calls] == [3] and calls[0].epochs == 1 and student.members == 1
+    assert {"accuracy", "macro_f1", "train_seconds"} <= set(t_res)
+    again, _ = with_teacher(cfg, "tiny", "ens3", "users29-36", job, a, tmp_path / "work", wdir, load_windows(wdir))
+    assert again == student and len(calls) == 1  # the finished teacher is scored, not trained again
