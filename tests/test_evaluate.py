@@ -314,7 +314,7 @@ def test_latency_with_the_real_100_repeats_reports_median_and_p90(evaluated, tmp
     assert "cuda" not in m["latency_ms"]  # device=cpu times the CPU only
     eff = pd.read_csv(run_dir / "eval" / "efficiency.csv")
     row = eff[eff["metric"] == "latency_cpu_batch_1_p90"].iloc[0]
-    assert row["unit"] == "ms" and "100 timed runs" in row["how"] and "threads" in row["how"]
+    assert row["unit"] == "ms" and "100 timed runs" in row["how"] and ", 1 thread," in row["how"]
     assert "eager PyTorch" in row["how"]
     try:
         import onnxruntime  # noqa: F401
