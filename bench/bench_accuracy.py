@@ -110,7 +110,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "ens3e9": dict(members=3, epochs=9),
     # 2026-12-03: one default model distilled from the ens3 recipe's ensemble of the same seed, split and fold
     # (train --teacher RUN, soft targets, alpha 0.5, T 4): the ensemble's accuracy at one model's latency, if it
-    # carries over. The teacher is trained first when its run is missing; its time is kept in teacher_train_seconds.
+    # carries over. The teacher is trained first when the student must be trained and the teacher's run is missing;
+    # each student's line in the runs log keeps its teacher's own training time (teacher_train_seconds) and scores.
     "distill_ens3": {},
 }
 # Recipes whose student learns from another recipe's trained model of the same seed, split and fold.
@@ -182,7 +183,10 @@ def settings_differ(run_dir: Path, cfg: TrainConfig) -> list[str]:
         return []
     saved = read_manifest(run_dir, "train").get("config", {})
     now = json.loads(json.dumps(as_dict(cfg)))  # tuples as lists, as the manifest holds them
-    return sorted(k for k, v in now.items() if k not in NOT_TRAINING and saved.get(k) != v)
+    # An option added since the run (e.g. --members, 2026-12-03) is absent from its manifest: at its
+    # default it changes nothing, so it is no difference.
+    default = json.loads(json.dumps(as_dict(TrainConfig())))
+    return sorted(k for k, v in now.items() if k not in NOT_TRAINING and saved.get(k, default.get(k)) != v)
 
 
 def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
@@ -294,17 +298,60 @@ def scored_tag(model: str, recipe: str, protocol: str, job: dict[str, Any], epoc
     return tag + (f"-tta{n_tta}" if n_tta else "")
 
 
-def with_teacher(cfg: TrainConfig, model: str, teacher_recipe: str, protocol: str, job: dict[str, Any],
-                 a: argparse.Namespace, work: Path, windows: Path, w: dict[str, np.ndarray]
-                 ) -> tuple[TrainConfig, dict[str, Any]]:
-    """``cfg`` distilled from ``teacher_recipe``'s run of the same model, seed, split and fold (trained
-    here first when it is missing or unfinished), and that teacher's scores."""
-    # --epochs overrides the teacher's epochs too, and its tag says so (a cached ens3 run of 30 epochs is not it)
-    t_tag = scored_tag(model, teacher_recipe, protocol, job, a.epochs, a.device).split("-tta")[0]
-    t_run = work / "runs" / t_tag / "run"
-    t_cfg = replace(cfg, **{**RECIPES[teacher_recipe], **({"epochs": a.epochs} if a.epochs else {})})
-    t_res = train_one(t_cfg, windows, t_run, w, tta_of(teacher_recipe))
-    return replace(cfg, teacher=str(t_run.resolve())), t_res
+def run_dir_of(model: str, recipe: str, protocol: str, job: dict[str, Any], a: argparse.Namespace, work: Path) -> Path:
+    """The run folder of a model, shared by every TTA setting of its recipe."""
+    return work / "runs" / scored_tag(model, recipe, protocol, job, a.epochs, a.device).split("-tta")[0] / "run"
+
+
+def config_of(model: str, recipe: str, protocol: str, job: dict[str, Any], a: argparse.Namespace,
+              work: Path) -> TrainConfig:
+    """What the trainer is given for one model of a row (a distilled recipe: its teacher's run folder too)."""
+    opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
+    cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
+                         "split": job["split"], "test_users": job.get("test_users", ()),
+                         "device": a.device, "threads": a.threads, "progress": False})
+    if recipe in TEACHER:
+        cfg = replace(cfg, teacher=str(run_dir_of(model, TEACHER[recipe], protocol, job, a, work).resolve()))
+    return cfg
+
+
+def one_model(model: str, recipe: str, protocol: str, job: dict[str, Any], a: argparse.Namespace, work: Path,
+              windows: Path, w: dict[str, np.ndarray], logged: dict[str, Any], need_run: bool = False) -> dict[str, Any]:
+    """One model's scores: from the runs log or ``--work`` when it is there, else trained (and logged) now.
+
+    ``need_run`` asks for the trained run folder itself (a teacher's), not only its scores: a run that
+    the log holds but ``--work`` lacks, or that was trained with other settings, is trained again. A
+    distilled recipe's teacher (``TEACHER``) is the teacher recipe's own model of the same seed, split
+    and ``--epochs``, under its own tag; it is trained only when the student has to be.
+    """
+    n_tta = 0 if model in BASELINES else tta_of(recipe)
+    scored = scored_tag(model, recipe, protocol, job, a.epochs, a.device)
+    run_dir = run_dir_of(model, recipe, protocol, job, a, work)
+    cached = run_dir.parent / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
+    cfg = config_of(model, recipe, protocol, job, a, work)
+    teacher = TEACHER.get(recipe)
+    stale = settings_differ(run_dir, cfg)
+    if cached.is_file() and stale:
+        cached.unlink()  # scores of a run trained otherwise; train_one trains it again
+    have_run = (run_dir / MANIFEST).is_file() and not stale
+    if (scored in logged or cached.is_file()) and (have_run or not need_run):
+        return logged[scored] if scored in logged else json.loads(cached.read_text())
+    teacher_res = one_model(model, teacher, protocol, job, a, work, windows, w, logged, need_run=True) if teacher else None
+    if model == "minirocket":
+        res = minirocket_one(cfg, w, a.threads)
+    else:
+        res = train_one(cfg, windows, run_dir, w, n_tta)
+    res = {"seed": job["seed"], "fold": job["fold"], **res}
+    if teacher_res is not None:  # a distilled model costs its teacher's training too
+        res["teacher_train_seconds"] = teacher_res["train_seconds"]
+        res["teacher_scores"] = {k: teacher_res[k] for k in ("accuracy", "macro_f1")}
+    write_json(cached, res)
+    logged[scored] = res
+    with open(a.runs_log, "a") as fh:  # one short line per model: appends do not interleave
+        fh.write(json.dumps({"tag": scored, "result": res}) + "\n")
+    print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
+          f"acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  ({res['train_seconds']:.0f} s)", flush=True)
+    return res
 
 
 def parser() -> argparse.ArgumentParser:
@@ -345,40 +392,8 @@ def main() -> None:
         w = load_windows(windows)
         for model in a.models:
             recipe = "fit" if model in BASELINES else a.recipe
-            n_tta = 0 if model in BASELINES else tta_of(recipe)
             opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
-            runs = []
-            for job in jobs(protocol, a.seeds):
-                # The trained model is shared by every TTA setting; its scores are not.
-                scored = scored_tag(model, recipe, protocol, job, a.epochs, a.device)
-                tag = scored.removesuffix(f"-tta{n_tta}") if n_tta else scored
-                cached = work / "runs" / tag / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
-                cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
-                                     "split": job["split"], "test_users": job.get("test_users", ()),
-                                     "device": a.device, "threads": a.threads, "progress": False})
-                teacher_res = None
-                if recipe in TEACHER:
-                    cfg, teacher_res = with_teacher(cfg, model, TEACHER[recipe], protocol, job, a, work, windows, w)
-                if cached.is_file() and settings_differ(work / "runs" / tag / "run", cfg):
-                    cached.unlink()  # scores of a run trained otherwise; train_one trains it again
-                if scored in logged or cached.is_file():
-                    runs.append(logged[scored] if scored in logged else json.loads(cached.read_text()))
-                    continue
-                if model == "minirocket":
-                    res = minirocket_one(cfg, w, a.threads)
-                else:
-                    res = train_one(cfg, windows, work / "runs" / tag / "run", w, n_tta)
-                res = {"seed": job["seed"], "fold": job["fold"], **res}
-                if teacher_res is not None:  # a distilled model costs its teacher's training too
-                    res["teacher_train_seconds"] = teacher_res["train_seconds"]
-                    res["teacher_scores"] = {k: teacher_res[k] for k in ("accuracy", "macro_f1")}
-                write_json(cached, res)
-                with open(runs_log, "a") as fh:  # one short line per model: appends do not interleave
-                    fh.write(json.dumps({"tag": scored, "result": res}) + "\n")
-                runs.append(res)
-                print(f"{protocol:13s} {model:10s} {recipe:8s} seed {job['seed']} fold {job['fold']}: "
-                      f"acc {res['accuracy']:.4f}  macro F1 {res['macro_f1']:.4f}  ({res['train_seconds']:.0f} s)",
-                      flush=True)
+            runs = [one_model(model, recipe, protocol, job, a, work, windows, w, logged) for job in jobs(protocol, a.seeds)]
             epochs = None if model in BASELINES else TrainConfig(**opts).epochs
             row = summarise(model, recipe, protocol, runs, epochs,
                             row_command(model, recipe, protocol, a.seeds, a.epochs, a.device))

@@ -88,6 +88,12 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     other_jitter = dataclasses.replace(cfg, jitter=0.05)
     assert bench_accuracy.settings_differ(tmp_path / "cut", other_jitter) == ["jitter"]
     assert bench_accuracy.settings_differ(tmp_path / "cut", dataclasses.replace(cfg, threads=2)) == []
+    # An option added after a run was trained is absent from its manifest: at its default it is no difference.
+    man = json.loads((tmp_path / "cut" / "manifest.json").read_text())
+    del man["config"]["members"], man["config"]["split_seed"]
+    (tmp_path / "cut" / "manifest.json").write_text(json.dumps(man))
+    assert bench_accuracy.settings_differ(tmp_path / "cut", cfg) == []
+    assert bench_accuracy.settings_differ(tmp_path / "cut", dataclasses.replace(cfg, members=2)) == ["members"]
     retrained = train_one(other_jitter, wdir, tmp_path / "cut", w, 0)
     assert calls[-1] == {} and retrained["epochs_run"] == 2 and bench_accuracy.settings_differ(tmp_path / "cut",
                                                                                               other_jitter) == []
@@ -100,26 +106,33 @@ def test_an_interrupted_grid_run_carries_on_where_it_stopped(tmp_path, windows_n
     assert redone["tta_views"] == 1 and "without_tta" not in redone
 
 
-def test_a_distilled_recipe_trains_its_teacher_once_under_the_teachers_own_tag(tmp_path, windows_npz, monkeypatch):
-    """distill_ens3 learns from the ens3 run of the same seed, split and --epochs; a cached teacher is reused."""
+def test_a_distilled_recipe_trains_its_teacher_only_when_the_student_must_be_trained(tmp_path, windows_npz,
+                                                                                      monkeypatch):
+    """distill_ens3 learns from the ens3 model of the same seed, split and --epochs, under ens3's own tag;
+    both are logged; a logged student is scored from the log without training its teacher."""
     import bench_accuracy
-    from bench_accuracy import TEACHER, with_teacher
-    from har_vit.stages.train import TrainConfig, run
+    from bench_accuracy import one_model
+    from har_vit.stages.train import run
     from har_vit.stages.windows import WindowConfig, import_npz, load_windows
 
     wdir = tmp_path / "w"
     import_npz(WindowConfig(), windows_npz, wdir)
-    a = parser().parse_args(["--recipe", "distill_ens3", "--epochs", "1", "--work", str(tmp_path / "work")])
+    w = load_windows(wdir)
+    log = tmp_path / "log.jsonl"
+    a = parser().parse_args(["--recipe", "distill_ens3", "--epochs", "1", "--threads", "1", "--runs-log", str(log)])
     job = {"seed": 0, "fold": None, "split": "subject", "test_users": (2,)}
-    cfg = TrainConfig(model="tiny", seed=0, split="subject", test_users=(2,), epochs=1, batch_size=32,
-                      progress=False, threads=1)
     calls = []
     monkeypatch.setattr(bench_accuracy, "run", lambda *x, **k: calls.append(x[0]) or run(*x, **k))
-    student, t_res = with_teacher(cfg, "tiny", TEACHER["distill_ens3"], "users29-36", job, a, tmp_path / "work",
-                                  wdir, load_windows(wdir))
-    t_run = tmp_path / "work" / "runs" / scored_tag("tiny", "ens3", "users29-36", job, 1, "auto") / "run"
-    assert "-ens3-users29-36-e1-s0-" in str(t_run) and student.teacher == str(t_run.resolve())
-    assert [c.members for c in calls] == [3] and calls[0].epochs == 1 and student.members == 1
-    assert {"accuracy", "macro_f1", "train_seconds"} <= set(t_res)
-    again, _ = with_teacher(cfg, "tiny", "ens3", "users29-36", job, a, tmp_path / "work", wdir, load_windows(wdir))
-    assert again == student and len(calls) == 1  # the finished teacher is scored, not trained again
+    logged = {}
+    student = one_model("tiny", "distill_ens3", "users29-36", job, a, tmp_path / "work", wdir, w, logged)
+    teacher, pupil = calls
+    t_tag = scored_tag("tiny", "ens3", "users29-36", job, 1, "auto")
+    assert "-ens3-users29-36-e1-s0-" in t_tag and teacher.members == 3 and teacher.epochs == 1
+    assert pupil.members == 1 and pupil.teacher == str((tmp_path / "work" / "runs" / t_tag / "run").resolve())
+    assert student["teacher_scores"] == {k: logged[t_tag][k] for k in ("accuracy", "macro_f1")}
+    tags = [json.loads(line)["tag"] for line in log.read_text().splitlines()]
+    assert tags == [t_tag, scored_tag("tiny", "distill_ens3", "users29-36", job, 1, "auto")]
+    # Again, and from the log alone in an empty --work (a row's command replayed): nothing is trained.
+    assert one_model("tiny", "distill_ens3", "users29-36", job, a, tmp_path / "work", wdir, w, logged) == student
+    assert one_model("tiny", "distill_ens3", "users29-36", job, a, tmp_path / "empty", wdir, w, logged) == student
+    assert len(calls) == 2 and not (tmp_path / "empty").exists()
