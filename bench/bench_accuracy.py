@@ -265,6 +265,14 @@ def summarise(model: str, recipe: str, protocol: str, runs: list[dict[str, Any]]
     return row
 
 
+def row_seeds(path: Path, model: str, recipe: str, protocol: str, device: str, epochs: int | None,
+              but: list[int]) -> list[int]:
+    """The seeds of the results file's row for (model, recipe, protocol, device, epochs) that are not in ``but``."""
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return sorted({s for r in rows if (r["model"], r["recipe"], r["protocol"], r["device"], r["epochs"]) ==
+                   (model, recipe, protocol, device, epochs) for s in r["seeds"]} - set(but))
+
+
 def merge(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     key = lambda r: (r["model"], r["recipe"], r["protocol"], r["device"], r["dtype"], r["epochs"])  # noqa: E731
     rows = {key(r): r for r in (json.loads(path.read_text()) if path.is_file() else [])}
@@ -395,8 +403,14 @@ def main() -> None:
             opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
             runs = [one_model(model, recipe, protocol, job, a, work, windows, w, logged) for job in jobs(protocol, a.seeds)]
             epochs = None if model in BASELINES else TrainConfig(**opts).epochs
+            # A call with other seeds than the row's adds to it (from the runs log), never shrinks it.
+            for job in jobs(protocol, row_seeds(out, model, recipe, protocol, runs[0]["device"], epochs, a.seeds)):
+                if (tag := scored_tag(model, recipe, protocol, job, a.epochs, a.device)) in logged:
+                    runs.append(logged[tag])
+            seeds = sorted({r["seed"] for r in runs})
+            runs = [r for s in seeds for r in runs if r["seed"] == s]  # the row lists its models by seed
             row = summarise(model, recipe, protocol, runs, epochs,
-                            row_command(model, recipe, protocol, a.seeds, a.epochs, a.device))
+                            row_command(model, recipe, protocol, seeds, a.epochs, a.device))
             if len(row["seeds"]) < 3:  # a partial grid: its runs are logged; the results file takes rows of >= 3 seeds
                 print(f"== {protocol} {model}: {len(row['seeds'])} seed(s) only; not written to {out.name} "
                       f"(runs kept in {runs_log.name}; rerun with 3 seeds to make the row)")

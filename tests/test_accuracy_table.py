@@ -136,3 +136,31 @@ def test_a_distilled_recipe_trains_its_teacher_only_when_the_student_must_be_tra
     assert one_model("tiny", "distill_ens3", "users29-36", job, a, tmp_path / "work", wdir, w, logged) == student
     assert one_model("tiny", "distill_ens3", "users29-36", job, a, tmp_path / "empty", wdir, w, logged) == student
     assert len(calls) == 2 and not (tmp_path / "empty").exists()
+
+
+def test_a_call_with_other_seeds_adds_them_to_the_row_and_never_shrinks_it(tmp_path, monkeypatch):
+    """Seeds 3-5 run alone (e.g. in another process) join the row's seeds 0-2 from the runs log."""
+    import pytest
+
+    import bench_accuracy
+    from bench_accuracy import V11, summarise
+
+    if not V11.is_file():
+        pytest.skip(f"needs the shared WISDM v1.1 windows ({V11}); see ../shared/data/README.md")
+    job = {"split": "subject", "test_users": tuple(range(29, 37))}
+    fake = {s: {"seed": s, "fold": None, "accuracy": 0.5 + s / 100, "macro_f1": 0.4 + s / 100, "train_seconds": 1.0,
+                "device": "cpu", "device_name": "x"} for s in range(6)}
+    log = tmp_path / "log.jsonl"
+    log.write_text("".join(json.dumps({"tag": scored_tag("rf", "fit", "users29-36", {**job, "seed": s, "fold": None},
+                                                         None, "auto"), "result": r}) + "\n" for s, r in fake.items()))
+    out = tmp_path / "accuracy.json"
+    out.write_text(json.dumps([summarise("rf", "fit", "users29-36", [fake[s] for s in (0, 1, 2)], None, "old")]))
+    argv = ["bench_accuracy.py", "--models", "rf", "--protocols", "users29-36", "--seeds", "5", "3", "--out", str(out),
+            "--runs-log", str(log), "--work", str(tmp_path / "work")]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(bench_accuracy, "train_one", lambda *a, **k: pytest.fail("nothing is to be trained"))
+    bench_accuracy.main()
+    (row,) = json.loads(out.read_text())
+    assert row["seeds"] == [0, 1, 2, 3, 5] and [p["seed"] for p in row["per_seed"]] == [0, 1, 2, 3, 5]
+    assert row["command"].endswith("--seeds 0 1 2 3 5")
+    assert row["macro_f1_mean"] == pytest.approx(0.4 + 11 / 500)
