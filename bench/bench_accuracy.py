@@ -189,6 +189,21 @@ def settings_differ(run_dir: Path, cfg: TrainConfig) -> list[str]:
     return sorted(k for k, v in now.items() if k not in NOT_TRAINING and saved.get(k, default.get(k)) != v)
 
 
+def predict_test(run_dir: Path, which: str, w: dict[str, np.ndarray], n_tta: int) -> tuple[Any, np.ndarray, dict]:
+    """A run's ``best`` or ``last`` checkpoint on its own test split, as ``evaluate --tta n_tta`` predicts:
+    (predictions, true labels, checkpoint)."""
+    model, ckpt = load_model(run_dir, which)
+    test = np.load(run_dir / "split.npz")["test"]
+    return tta.predict(model, ckpt, w["X"][test], torch.device("cpu"), 1024, n_tta), w["y"][test], ckpt
+
+
+def read_runs_log(path: Path) -> dict[str, Any]:
+    """{tag: result} of every model in the runs log (a later line for a tag wins)."""
+    if not path.is_file():
+        return {}
+    return {(e := json.loads(line))["tag"]: e["result"] for line in path.read_text().splitlines() if line}
+
+
 def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
     """The real trainer, then the test split of its best.pt, predicted as ``evaluate --tta n_tta`` does.
 
@@ -213,10 +228,7 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
         if run_dir.exists():
             shutil.rmtree(run_dir)
         m = run(cfg, windows, run_dir)
-    model, ckpt = load_model(run_dir, "best")
-    test = np.load(run_dir / "split.npz")["test"]
-    X, y = w["X"][test], w["y"][test]
-    pred = tta.predict(model, ckpt, X, torch.device("cpu"), 1024, n_tta)
+    pred, y, ckpt = predict_test(run_dir, "best", w, n_tta)
     plain = {"without_tta": scores(y, pred.plain.argmax(1).numpy())} if pred.plain is not None else {}
     return {**scores(y, pred.log_proba.argmax(1).numpy()), "tta_views": len(pred.views), **plain,
             "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
@@ -392,9 +404,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     work = Path(a.work)
     runs_log = Path(a.runs_log)
-    logged = {}
-    if runs_log.is_file():
-        logged = {(e := json.loads(line))["tag"]: e["result"] for line in runs_log.read_text().splitlines() if line}
+    logged = read_runs_log(runs_log)
     for protocol in a.protocols:
         windows = windows_for(protocol, work)
         w = load_windows(windows)

@@ -18,7 +18,6 @@ stopping ends a run ``--patience`` epochs after its best one, or at ``--epochs``
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -29,21 +28,17 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import (PROTOCOLS, RECIPES, RUNS_LOG, config_of, jobs, run_dir_of, scored_tag,  # noqa: E402
-                            scores, settings_differ, tta_of, windows_for)
+from bench_accuracy import (PROTOCOLS, RECIPES, RUNS_LOG, config_of, jobs, predict_test,  # noqa: E402
+                            read_runs_log, run_dir_of, scored_tag, scores, settings_differ, tta_of, windows_for)
 from common import RESULTS, ROOT, machine  # noqa: E402
 
-from har_vit.core import tta  # noqa: E402
-from har_vit.core.checkpoint import load_model  # noqa: E402
 from har_vit.core.io import MANIFEST, write_json  # noqa: E402
 from har_vit.stages.windows import load_windows  # noqa: E402
 
 
 def score_checkpoint(run_dir: Path, which: str, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
-    model, ckpt = load_model(run_dir, which)
-    test = np.load(run_dir / "split.npz")["test"]
-    pred = tta.predict(model, ckpt, w["X"][test], torch.device("cpu"), 1024, n_tta)
-    return {**scores(w["y"][test], pred.log_proba.argmax(1).numpy()), "epoch": int(ckpt["epoch"])}
+    pred, y, ckpt = predict_test(run_dir, which, w, n_tta)
+    return {**scores(y, pred.log_proba.argmax(1).numpy()), "epoch": int(ckpt["epoch"])}
 
 
 def main() -> None:
@@ -61,9 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     work = Path(a.work)
-    log = Path(a.runs_log)
-    logged = {(e := json.loads(line))["tag"]: e["result"] for line in log.read_text().splitlines() if line} \
-        if log.is_file() else {}
+    logged = read_runs_log(Path(a.runs_log))
     pairs: list[dict[str, Any]] = []
     missing: list[str] = []
     for protocol in a.protocols:
