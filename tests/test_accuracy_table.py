@@ -164,3 +164,27 @@ def test_a_call_with_other_seeds_adds_them_to_the_row_and_never_shrinks_it(tmp_p
     assert row["seeds"] == [0, 1, 2, 3, 5] and [p["seed"] for p in row["per_seed"]] == [0, 1, 2, 3, 5]
     assert row["command"].endswith("--seeds 0 1 2 3 5")
     assert row["macro_f1_mean"] == pytest.approx(0.4 + 11 / 500)
+
+
+def test_a_preregistered_verdict_needs_the_mean_the_seeds_ahead_and_the_interval():
+    from bench_confirm import paired, verdict
+
+    rule = {"min_mean_difference": 0.02, "min_seeds_ahead": 5, "interval": 0.95}
+    steady = paired([0.43, 0.44, 0.42, 0.45, 0.43, 0.44], [0.40, 0.41, 0.40, 0.42, 0.41, 0.41], 0.95)
+    assert steady["ahead"] == 6 and abs(steady["mean_difference"] - 0.0267) < 1e-3
+    assert steady["interval"][0] > 0 and verdict(steady, rule, 6) == "confirmed"
+    # the same mean carried by one lucky seed: ahead on 1, and the interval reaches below zero
+    lucky = paired([0.40, 0.41, 0.40, 0.42, 0.41, 0.57], [0.40, 0.41, 0.40, 0.42, 0.42, 0.40], 0.95)
+    assert lucky["mean_difference"] >= 0.02 and lucky["interval"][0] < 0 and verdict(lucky, rule, 6) == "not confirmed"
+    small = paired([0.415, 0.425, 0.415, 0.435, 0.425, 0.425], [0.40, 0.41, 0.40, 0.42, 0.41, 0.41], 0.95)
+    assert small["ahead"] == 6 and small["interval"][0] > 0 and verdict(small, rule, 6) == "not confirmed"  # +1.5 < 2
+
+
+def test_every_confirmation_follows_its_preregistered_rule():
+    """A committed confirm_*.json was made from a prereg file that is committed too, with its seeds and rule."""
+    for out in (ROOT / "bench" / "results").glob("confirm_*.json"):
+        res = json.loads(out.read_text())
+        spec = json.loads((ROOT / res["prereg"]).read_text())
+        assert (res["protocol"], res["seeds"], res["rule"]) == (spec["protocol"], spec["seeds"], spec["rule"]), out
+        cand = next(c for c in res["comparisons"] if c["candidate"] == spec["candidate"]) if res["comparisons"] else None
+        assert res["verdict"] == (cand["verdict"] if cand else "incomplete"), out
