@@ -190,7 +190,8 @@ def train(**kw: Any) -> None:
     if os.environ.get("RANK", "0") == "0":  # under torchrun every rank returns; rank 0 speaks
         say(command_summary(
             f"train: {m['model']} on {m['device']}, {m['epochs_run']} epochs, best val macro F1 "
-            f"{m['best_val_macro_f1']:.4f} (epoch {m['best_epoch']}; validation users only, the test split untouched)",
+            f"{m['best_val_macro_f1']:.4f} (epoch {m['best_epoch']}; validation users only, the test split untouched)"
+            + ("" if v["serve"] == "best" else f"; the run serves last.pt (epoch {m['epochs_run']})"),
             run_dir=v["out"], next_step=f"python pipeline.py evaluate --run {v['out']}"))
 
 

@@ -65,7 +65,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results, tta  # noqa: E402
-from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
+from har_vit.core.checkpoint import load_model, normalise, served  # noqa: E402
 from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
 from har_vit.core.schema import OPTIONS, as_dict  # noqa: E402
@@ -205,7 +205,7 @@ def read_runs_log(path: Path) -> dict[str, Any]:
 
 
 def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.ndarray], n_tta: int) -> dict[str, Any]:
-    """The real trainer, then the test split of its best.pt, predicted as ``evaluate --tta n_tta`` does.
+    """The real trainer, then the test split of the checkpoint it serves, predicted as ``evaluate --tta n_tta`` does.
 
     A run folder left by an interrupted grid is carried on, not started again: a finished run
     (manifest written) is only scored, an unfinished one resumes from its ``last.pt`` (on CPU with
@@ -228,10 +228,12 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
         if run_dir.exists():
             shutil.rmtree(run_dir)
         m = run(cfg, windows, run_dir)
-    pred, y, ckpt = predict_test(run_dir, "best", w, n_tta)
+    which = served(run_dir)  # what evaluate tests: best.pt, or last.pt for a run that serves it (--serve last)
+    pred, y, ckpt = predict_test(run_dir, which, w, n_tta)
     plain = {"without_tta": scores(y, pred.plain.argmax(1).numpy())} if pred.plain is not None else {}
     return {**scores(y, pred.log_proba.argmax(1).numpy()), "tta_views": len(pred.views), **plain,
-            "best_epoch": int(ckpt["epoch"]), "epochs_run": m["epochs_run"],
+            "best_epoch": int(ckpt["epoch"]) if which == "best" else m["best_epoch"], "epochs_run": m["epochs_run"],
+            **({"checkpoint": which, "checkpoint_epoch": int(ckpt["epoch"])} if which != "best" else {}),
             "train_seconds": m["train_seconds"], "device": m["device"], "device_name": m["device_name"]}
 
 

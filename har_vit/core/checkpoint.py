@@ -98,9 +98,25 @@ def model_from_checkpoint(ckpt: dict[str, Any]) -> torch.nn.Module:
     return model.eval()
 
 
-def load_model(run_dir: str | os.PathLike, which: str = "best", map_location: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
-    """``(model in eval mode, checkpoint dict)`` from a train run folder (``best`` or ``last``)."""
-    ckpt = load_checkpoint(Path(run_dir) / f"{which}.pt", map_location=map_location)
+def served(run_dir: str | os.PathLike, which: str = "served") -> str:
+    """``best`` or ``last``: ``which`` itself, or for ``served`` the checkpoint the run was trained to serve
+    (its ``--serve``, in the train manifest's config; ``best`` for runs from before the option, and for a
+    folder without a readable manifest, whose ``best.pt`` is the complete file to trust)."""
+    if which != "served":
+        return which
+    import json
+
+    try:
+        config = json.loads((Path(run_dir) / "manifest.json").read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return "best"
+    return "last" if config.get("serve") == "last" else "best"
+
+
+def load_model(run_dir: str | os.PathLike, which: str = "served",
+               map_location: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """``(model in eval mode, checkpoint dict)`` from a train run folder: ``best``, ``last`` or the one it serves."""
+    ckpt = load_checkpoint(Path(run_dir) / f"{served(run_dir, which)}.pt", map_location=map_location)
     return model_from_checkpoint(ckpt), ckpt
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from har_vit.core import schema
-from har_vit.core.checkpoint import load_model
+from har_vit.core.checkpoint import load_model, served
 from har_vit.core.errors import ArtefactError, UsageError
 from har_vit.core.io import MANIFEST, read_manifest, verify_outputs
 
@@ -85,14 +85,16 @@ class RunInfo:
     notes: list[str] = field(default_factory=list)  # what the user should know (fallbacks)
 
 
-def load_run(model_dir: str | Path, which: str = "best") -> RunInfo:
-    """Load checkpoint ``which`` of a train run folder and read its manifest.
+def load_run(model_dir: str | Path, which: str = "served") -> RunInfo:
+    """Load checkpoint ``which`` (best, last, or served: the one the run serves) of a train run folder and
+    read its manifest.
 
     A folder without the checkpoint is an ArtefactError. A missing train manifest
     (a run stopped before its end; ``best.pt`` is still a complete file) is allowed and
     noted; a corrupt one, or a manifest of another stage, is an ArtefactError.
     """
     model_dir = Path(model_dir)
+    which = served(model_dir, which)
     if not model_dir.is_dir():
         raise ArtefactError(f"{model_dir}: model folder not found; pass a train run folder (holding {which}.pt)")
     notes = []

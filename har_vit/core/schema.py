@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[str, ...]] = {
 }
 DEVICES = ("auto", "cuda", "cpu")
 RUNTIMES = ("auto", "onnxruntime", "onnxruntime-int8", "eager")  # predict --runtime (har_vit.core.runtime)
-WHICH = ("best", "last")
+WHICH = ("served", "best", "last")
+SERVE = ("best", "last")  # train --serve
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,9 @@ _DECLARED = [
        ("train", "export"), min=0),
     _o("split_seed", int, None, "Seed of the split alone (which users validate and test; the random split) [--seed].",
        "train", min=0, nullable=True),
+    _o("serve", str, "best", "The checkpoint the run serves to evaluate, predict and export: best (the epoch its "
+       "validation users picked) or last (the weights training ended with: after --epochs, or --patience epochs past "
+       "the best one).", "train", choices=SERVE),
     _o("members", int, 1, "Train this many networks that differ only in their seed (initialisation, shuffling, "
        "augmentation, dropout; one split, --seed's) and predict with the mean of their class probabilities: an "
        "ensemble, with N times the training time, parameters and latency.", "train", min=1),
@@ -243,7 +247,8 @@ _DECLARED = [
        "GPU, each only when its logits equal PyTorch's, else eager PyTorch), onnxruntime, onnxruntime-int8 (int8 "
        "weights: faster on the CPU, logits within 10% of PyTorch's; never picked by auto), or eager.", "predict",
        choices=RUNTIMES),
-    _o("which", str, "best", "Checkpoint of the run: best (validation) or last.", ("evaluate", "predict", "export"),
+    _o("which", str, "served", "Checkpoint of the run: served (the one it was trained to serve, its --serve), best "
+       "(validation's pick) or last.", ("evaluate", "predict", "export"),
        choices=WHICH),
     _o("tta", int, 0, "Test-time augmentation: also predict N fixed turned and scaled copies of every window (up to "
        "the run's --rotate and --scale) and average the class probabilities; 0 off. A window costs N + 1 forward "

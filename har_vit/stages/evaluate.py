@@ -66,7 +66,7 @@ import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from har_vit.core import efficiency, inference, plots, schema, tta
-from har_vit.core.checkpoint import load_model, normalise
+from har_vit.core.checkpoint import load_model, normalise, served
 from har_vit.core.errors import ArtefactError
 from har_vit.core.io import (
     MANIFEST,
@@ -405,12 +405,13 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         raise ArtefactError(f"{run_dir / MANIFEST}: names no windows folder in inputs.upstream; retrain the run")
     w = load_windows(windows_dir)  # checks the manifest and windows.npz's sha256
     windows_man = w["manifest"]
-    split_path, ckpt_path = run_dir / "split.npz", run_dir / f"{cfg.which}.pt"
+    which = served(run_dir, cfg.which)
+    split_path, ckpt_path = run_dir / "split.npz", run_dir / f"{which}.pt"
     _check_unchanged(run_dir, train_man, [ckpt_path.name, split_path.name])
     test = _test_indices(split_path, len(w["y"]), (train_man.get("split") or {}).get("n_test"))
 
     device = efficiency.resolve_device(cfg.device)
-    model, ckpt = load_model(run_dir, cfg.which)
+    model, ckpt = load_model(run_dir, which)
     class_names = _class_names(ckpt, w, ckpt_path, windows_dir)
     X_test, y_true = w["X"][test], w["y"][test].astype(np.int64)
     pred = tta.predict(model, ckpt, X_test, device, cfg.predict_batch_size, cfg.tta)
@@ -433,7 +434,7 @@ def run(cfg: EvalConfig, run_dir: str | os.PathLike) -> dict[str, Any]:
         if "cuda" in latency_devices:
             _time_cuda_graph(eff, model, ckpt["norm"], X_test, cfg)
     metrics = {
-        "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": cfg.which,
+        "run_id": train_man.get("run_id", run_dir.name), "model": ckpt["model_name"], "checkpoint": which,
         "epoch": ckpt.get("epoch"), **ensemble_info(ckpt), "device": device.type,
         "device_name": efficiency.device_label(device),
         "split": train_man.get("split", {}), "n_test": int(test.size),

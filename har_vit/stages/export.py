@@ -251,7 +251,7 @@ def parity_windows(info: RunInfo, n: int, seed: int = 0) -> tuple[np.ndarray, st
 
 
 def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Export checkpoint ``cfg.which`` of the run in ``model_dir`` to ``out_dir``; returns the manifest dict.
+    """Export checkpoint ``cfg.which`` (best, last or the one it serves) of the run in ``model_dir`` to ``out_dir``; returns the manifest dict.
 
     Raises :class:`ParityError` (nothing written) when the exported logits differ from
     PyTorch's by more than ``cfg.parity_tolerance``.
@@ -296,7 +296,7 @@ def run(cfg: ExportConfig, model_dir: str | Path, out_dir: str | Path) -> dict[s
 
     summary = {
         "config": as_dict(cfg), "run_id": info.run_id, "model": info.ckpt["model_name"],
-        "model_kwargs": info.ckpt.get("model_kwargs", {}), "checkpoint": cfg.which, "epoch": info.ckpt.get("epoch"),
+        "model_kwargs": info.ckpt.get("model_kwargs", {}), "checkpoint": info.ckpt_path.stem, "epoch": info.ckpt.get("epoch"),
         "inputs": {"upstream": str(model_dir), "checkpoint": file_entry(info.ckpt_path), "windows": windows_entry},
         "outputs": [file_entry(target)],
         "format": cfg.format, "file": target.name, "opset": cfg.opset if cfg.format == "onnx" else None,

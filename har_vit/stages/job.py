@@ -64,7 +64,8 @@ def run(values: Mapping[str, Any], echo: Callable[[str], None] = print, run_id: 
         m = windows.run(win_cfg, out / "ingest", out / "windows")
     echo(f"[2/5] windows: {m['windows_total']:,} windows of {m['window']} x {m['channels']}, step {m['step']}")
     mt = train.run(train_cfg, out / "windows", out / "model")
-    echo(f"[3/5] train: {mt['model']} on {mt['device']}, best val macro F1 {mt['best_val_macro_f1']:.4f}")
+    echo(f"[3/5] train: {mt['model']} on {mt['device']}, best val macro F1 {mt['best_val_macro_f1']:.4f}"
+         + ("" if train_cfg.serve == "best" else f"; serves last.pt (epoch {mt['epochs_run']})"))
     me = evaluate.run(eval_cfg, out / "model")
     echo(f"[4/5] evaluate: test accuracy {me['accuracy']:.4f}, macro F1 {me['macro_f1']:.4f} "
          f"({me['split']['protocol']} split{', LEAKY' if me['split'].get('leaky') else ''})")
