@@ -25,12 +25,35 @@ def resolve(command: str, kw: dict[str, Any]) -> dict[str, Any]:
     from har_vit.core.workspace import Workspace
 
     given = schema.typed(kw)
-    values = schema.resolve(command, schema.load_yaml(given.pop("config", None), command), given)
+    yaml_layer = schema.load_yaml(given.pop("config", None), command)
+    values = schema.resolve(command, yaml_layer, given, base=dataset_defaults(command, {**yaml_layer, **given}))
     if values.get("trust"):
         from har_vit.core.checkpoint import TRUST
 
         TRUST.set(True)
     return Workspace.at(values.get("workdir")).fill(values, command)
+
+
+def dataset_defaults(command: str, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The training defaults of the dataset ``command`` works on (``har_vit.datasets.TRAIN_DEFAULTS``),
+    and one line on stderr naming those the user did not set. ``train`` learns the dataset from the
+    manifest of its --in windows; an unreadable one brings none (the train stage reports it)."""
+    from har_vit.core import schema
+    from har_vit.datasets import TRAIN_DEFAULTS, windows_dataset
+
+    if command == "train":
+        name = windows_dataset(chosen.get("in_dir"))
+    elif schema.OPTIONS["dataset"].takes(command):
+        name = chosen.get("dataset") or schema.OPTIONS["dataset"].default
+    else:
+        return {}
+    layer = {k: v for k, v in TRAIN_DEFAULTS.get(name, {}).items() if schema.OPTIONS[k].takes(command)}
+    used = [f"{schema.OPTIONS[k].cli} {v:g}" if isinstance(v, float) else f"{schema.OPTIONS[k].cli} {v}"
+            for k, v in layer.items() if chosen.get(k) is None]
+    if used:
+        click.echo(f"{command}: {name} data, so its defaults {' '.join(used)} (measured: see the README's accuracy "
+                   "section; give the option to override)", err=True)
+    return layer
 
 
 def say(lines: list[str]) -> None:

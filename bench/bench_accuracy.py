@@ -65,10 +65,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core import results, tta  # noqa: E402
-from har_vit.core.checkpoint import load_model, normalise, served  # noqa: E402
+from har_vit.core.checkpoint import load_model, normalise  # noqa: E402
 from har_vit.core.errors import UsageError  # noqa: E402
 from har_vit.core.io import MANIFEST, read_manifest, write_json  # noqa: E402
 from har_vit.core.schema import OPTIONS, as_dict  # noqa: E402
+from har_vit.datasets import TRAIN_DEFAULTS  # noqa: E402
 from har_vit.model import list_models  # noqa: E402
 from har_vit.stages.train import TrainConfig, run  # noqa: E402
 from har_vit.stages.windows import WindowConfig, import_npz, load_windows  # noqa: E402
@@ -84,7 +85,12 @@ RUNS_LOG = RESULTS / "accuracy_runs.jsonl"
 PROTOCOLS = ("users29-36", "cv6", "random", "w2019-subject", "w2019-default")
 W2019_DEFAULT_TEST_USERS = (1609, 1622, 1634, 1638)  # make_split(seed=0) of the shared WISDM 2019 windows
 RECIPES: dict[str, dict[str, Any]] = {
+    # What `run` does with no options: the schema's defaults and the dataset's own (TRAIN_DEFAULTS; on
+    # WISDM 2019 since 2026-12-03: --rotate 180 --serve last). Every other recipe is its options over the
+    # schema's defaults alone, whatever the dataset.
     "default": {},
+    # The schema's defaults alone (--rotate 30 --serve best): on WISDM 2019 the default until 2026-12-03.
+    "rot30": {},
     # The article's optimiser and schedule; the augmentation its rows were measured with (the
     # defaults until 2026-12-02, jitter 0.05 included).
     "article": dict(schedule="step", lr=5e-4, step_epochs=10, step_gamma=0.1, warmup_epochs=0.0,
@@ -121,7 +127,31 @@ BASELINES = ("rf", "minirocket")
 # every other recipe predicts as `evaluate` does by default.
 TTA = {"article": 0, "tta": 8, "jitter_tta": 8}
 # Recipes that differ from another only in how the test windows are predicted share its trained models.
-TRAINED_AS = {"tta": "default", "jitter_tta": "jitter"}
+TRAINED_AS = {"tta": "default", "jitter_tta": "jitter", "rot30": "default"}
+
+
+def dataset_defaults(protocol: str) -> dict[str, Any]:
+    """The dataset's own training defaults (what `run` adds on that data), for the default recipe only."""
+    return dict(TRAIN_DEFAULTS.get("wisdm2019" if protocol.startswith("w2019") else "npz", {}))
+
+
+def recipe_opts(recipe: str, protocol: str, epochs: int | None = None) -> dict[str, Any]:
+    """The options a recipe gives the trainer on a protocol's data (``--epochs`` wins)."""
+    base = dataset_defaults(protocol) if recipe == "default" else {}
+    return {**base, **RECIPES.get(recipe, {}), **({"epochs": epochs} if epochs else {})}
+
+
+def trained_as(recipe: str, protocol: str) -> str:
+    """The recipe whose trained models ``recipe`` scores: itself, unless it only predicts otherwise.
+
+    The default recipe on a dataset with its own defaults trains as the recipe of those options (on
+    WISDM 2019, ``rot180``: ``--serve`` changes which checkpoint is tested, not what is learnt), so its
+    models are ``rot180``'s, scored at ``last.pt``.
+    """
+    learnt = {k: v for k, v in dataset_defaults(protocol).items() if k not in NOT_TRAINING}
+    if recipe == "default" and learnt:
+        return next(r for r, o in RECIPES.items() if r not in ("default", "rot30") and o == learnt)
+    return TRAINED_AS.get(recipe, recipe)
 
 
 def tta_of(recipe: str) -> int:
@@ -169,7 +199,7 @@ def scores(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
 
 
 # Options that do not change what a model learns: a cached run trained with other values still counts.
-NOT_TRAINING = frozenset({"device", "threads", "progress", "eval_batch_size"})
+NOT_TRAINING = frozenset({"device", "threads", "progress", "eval_batch_size", "serve"})
 
 
 def settings_differ(run_dir: Path, cfg: TrainConfig) -> list[str]:
@@ -228,7 +258,7 @@ def train_one(cfg: TrainConfig, windows: Path, run_dir: Path, w: dict[str, np.nd
         if run_dir.exists():
             shutil.rmtree(run_dir)
         m = run(cfg, windows, run_dir)
-    which = served(run_dir)  # what evaluate tests: best.pt, or last.pt for a run that serves it (--serve last)
+    which = cfg.serve  # what evaluate tests: best.pt, or last.pt (--serve last); one run folder may serve both
     pred, y, ckpt = predict_test(run_dir, which, w, n_tta)
     plain = {"without_tta": scores(y, pred.plain.argmax(1).numpy())} if pred.plain is not None else {}
     return {**scores(y, pred.log_proba.argmax(1).numpy()), "tta_views": len(pred.views), **plain,
@@ -311,24 +341,30 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def scored_tag(model: str, recipe: str, protocol: str, job: dict[str, Any], epochs: int | None, device: str) -> str:
-    """The runs log's key of one model's scores: the trained model's tag (shared by every TTA
-    setting of a recipe, see TRAINED_AS), plus ``-ttaN`` when its test windows were predicted with TTA."""
-    opts = {**RECIPES.get(recipe, {}), **({"epochs": epochs} if epochs else {})}
+    """The runs log's key of one model's scores: the trained model's tag (shared by every recipe that
+    only predicts otherwise, see ``trained_as``), plus ``-ttaN`` when its test windows were predicted with
+    TTA and ``-last`` when its ``last.pt`` was tested."""
+    opts = recipe_opts(recipe, protocol, epochs)
     n_tta = 0 if model in BASELINES else tta_of(recipe)
-    trained = TRAINED_AS.get(recipe, recipe)
+    trained = trained_as(recipe, protocol)
     tag = f"{model}-{trained}-{protocol}-e{opts.get('epochs', '')}-s{job['seed']}-f{job['fold']}-{device}"
-    return tag + (f"-tta{n_tta}" if n_tta else "")
+    return tag + (f"-tta{n_tta}" if n_tta else "") + ("-last" if opts.get("serve") == "last" else "")
 
 
 def run_dir_of(model: str, recipe: str, protocol: str, job: dict[str, Any], a: argparse.Namespace, work: Path) -> Path:
     """The run folder of a model, shared by every TTA setting of its recipe."""
-    return work / "runs" / scored_tag(model, recipe, protocol, job, a.epochs, a.device).split("-tta")[0] / "run"
+    return work / "runs" / run_tag(scored_tag(model, recipe, protocol, job, a.epochs, a.device)) / "run"
+
+
+def run_tag(scored: str) -> str:
+    """A scored tag without how its test windows were predicted (``-ttaN``, ``-last``): its run folder's name."""
+    return scored.split("-tta")[0].removesuffix("-last")
 
 
 def config_of(model: str, recipe: str, protocol: str, job: dict[str, Any], a: argparse.Namespace,
               work: Path) -> TrainConfig:
     """What the trainer is given for one model of a row (a distilled recipe: its teacher's run folder too)."""
-    opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
+    opts = recipe_opts(recipe, protocol, a.epochs)
     cfg = TrainConfig(**{**opts, "model": "tiny" if model == "minirocket" else model, "seed": job["seed"],
                          "split": job["split"], "test_users": job.get("test_users", ()),
                          "device": a.device, "threads": a.threads, "progress": False})
@@ -349,7 +385,7 @@ def one_model(model: str, recipe: str, protocol: str, job: dict[str, Any], a: ar
     n_tta = 0 if model in BASELINES else tta_of(recipe)
     scored = scored_tag(model, recipe, protocol, job, a.epochs, a.device)
     run_dir = run_dir_of(model, recipe, protocol, job, a, work)
-    cached = run_dir.parent / f"result{'-tta' + str(n_tta) if n_tta else ''}.json"
+    cached = run_dir.parent / f"result{scored.removeprefix(run_tag(scored))}.json"  # -ttaN, -last: per scoring
     cfg = config_of(model, recipe, protocol, job, a, work)
     teacher = TEACHER.get(recipe)
     stale = settings_differ(run_dir, cfg)
@@ -412,7 +448,7 @@ def main() -> None:
         w = load_windows(windows)
         for model in a.models:
             recipe = "fit" if model in BASELINES else a.recipe
-            opts = {**RECIPES.get(recipe, {}), **({"epochs": a.epochs} if a.epochs else {})}
+            opts = recipe_opts(recipe, protocol, a.epochs)
             runs = [one_model(model, recipe, protocol, job, a, work, windows, w, logged) for job in jobs(protocol, a.seeds)]
             epochs = None if model in BASELINES else TrainConfig(**opts).epochs
             # A call with other seeds than the row's adds to it (from the runs log), never shrinks it.

@@ -27,13 +27,24 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_accuracy import (BASELINES, RUNS_LOG, config_of, jobs, read_runs_log, run_dir_of,  # noqa: E402
-                            scored_tag, settings_differ, tta_of, windows_for)
+from bench_accuracy import (BASELINES, RUNS_LOG, config_of, jobs, read_runs_log, recipe_opts,  # noqa: E402
+                            run_dir_of, scored_tag, settings_differ, tta_of, windows_for)
 from bench_checkpoint import score_checkpoint  # noqa: E402
 from common import RESULTS, ROOT, machine  # noqa: E402
 
 from har_vit.core.io import MANIFEST, write_json  # noqa: E402
 from har_vit.stages.windows import load_windows  # noqa: E402
+
+
+# Recipe names whose meaning changed after a prereg file named them: (protocols, changed at, the name today).
+# On 2026-12-03 WISDM 2019's default became --rotate 180 --serve last; what "default" meant before is "rot30".
+RENAMED = {"default": ("w2019", "2026-12-03T12:30:00Z", "rot30")}
+
+
+def recipe_then(recipe: str, protocol: str, registered: str) -> str:
+    """Today's name of the recipe a prereg file registered at ``registered`` meant by ``recipe``."""
+    prefix, changed, now = RENAMED.get(recipe, ("", "", recipe))
+    return now if protocol.startswith(prefix) and registered < changed else recipe
 
 
 def label(entry: dict[str, Any]) -> str:
@@ -73,9 +84,10 @@ def main() -> None:
     bench_args = argparse.Namespace(epochs=None, device="auto", threads=None)  # the rows' own settings
 
     def score(entry: dict[str, Any], job: dict[str, Any]) -> dict[str, Any] | None:
-        model, recipe, which = entry["model"], entry["recipe"], entry.get("checkpoint", "best")
+        model, which = entry["model"], entry.get("checkpoint", "best")
+        recipe = recipe_then(entry["recipe"], protocol, spec["registered"])
         tag = scored_tag(model, recipe, protocol, job, None, "auto")
-        if model in BASELINES or which == "best":  # what bench_accuracy.py logged
+        if model in BASELINES or which == recipe_opts(recipe, protocol).get("serve", "best"):  # what bench_accuracy logged
             return {k: logged[tag][k] for k in ("accuracy", "macro_f1")} if tag in logged else None
         run_dir = run_dir_of(model, recipe, protocol, job, bench_args, work)
         if not (run_dir / MANIFEST).is_file() or settings_differ(run_dir, config_of(model, recipe, protocol, job,
@@ -119,6 +131,8 @@ def main() -> None:
         "registered": spec["registered"], "protocol": protocol, "seeds": seeds, "rule": rule,
         "verdict": next((c["verdict"] for c in comparisons if c["candidate"] is spec["candidate"]), "incomplete"),
         "comparisons": comparisons,
+        "recipes_renamed": {e["recipe"]: r for e in entries
+                            if (r := recipe_then(e["recipe"], protocol, spec["registered"])) != e["recipe"]},
         "per_seed": {k: {str(s): v for s, v in row.items()} for k, row in table.items()}, "missing": missing,
         "device": "cpu", "dtype": "float32", "machine": machine(), "measured": time.strftime("%Y-%m-%d"),
         "command": " ".join(["python", "bench/bench_confirm.py", *sys.argv[1:]])})

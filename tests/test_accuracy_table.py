@@ -188,3 +188,22 @@ def test_every_confirmation_follows_its_preregistered_rule():
         assert (res["protocol"], res["seeds"], res["rule"]) == (spec["protocol"], spec["seeds"], spec["rule"]), out
         cand = next(c for c in res["comparisons"] if c["candidate"] == spec["candidate"]) if res["comparisons"] else None
         assert res["verdict"] == (cand["verdict"] if cand else "incomplete"), out
+
+
+def test_the_default_recipe_is_what_run_does_on_each_dataset():
+    """On WISDM 2019 the default recipe takes the dataset's own defaults (as `run --dataset wisdm2019` does), trains
+    as the recipe of the same training options and is scored at last.pt; on v1.1 it is the schema's defaults."""
+    from bench_accuracy import RECIPES, recipe_opts, run_tag, trained_as
+
+    from har_vit.datasets import TRAIN_DEFAULTS
+
+    assert recipe_opts("default", "users29-36") == {} and recipe_opts("default", "cv6") == {}
+    assert recipe_opts("default", "w2019-subject") == TRAIN_DEFAULTS["wisdm2019"] == {"rotate": 180.0, "serve": "last"}
+    assert RECIPES[trained_as("default", "w2019-subject")] == {"rotate": 180.0}  # --serve changes no weight
+    assert trained_as("default", "users29-36") == "default" and recipe_opts("rot30", "w2019-subject") == {}
+    job = jobs("w2019-subject", [4])[0]
+    tag = scored_tag("tiny_ws", "default", "w2019-subject", job, None, "auto")
+    assert tag == "tiny_ws-rot180-w2019-subject-e-s4-fNone-auto-last"
+    assert run_tag(tag) == scored_tag("tiny_ws", "rot180", "w2019-subject", job, None, "auto")  # one run folder
+    # the WISDM 2019 default of before 2026-12-03 keeps its logged models under its new name
+    assert scored_tag("tiny_ws", "rot30", "w2019-subject", job, None, "auto") == "tiny_ws-default-w2019-subject-e-s4-fNone-auto"

@@ -3,7 +3,8 @@
 From :data:`OPTIONS` come the click options of ``pipeline.py`` (:func:`click_options`),
 the YAML loader that refuses unknown keys and wrong types (:func:`load_yaml`), the frozen
 config dataclasses of the stages (:func:`config`) and the options table of the README
-(:func:`options_table`). Values are layered defaults < ``--config`` YAML < command line.
+(:func:`options_table`). Values are layered: defaults < the dataset's own defaults
+(``har_vit.datasets.TRAIN_DEFAULTS``) < ``--config`` YAML < command line.
 
 >>> OPTIONS["epochs"].default, OPTIONS["epochs"].min
 (30, 1)
@@ -405,12 +406,14 @@ def load_yaml(path: str | os.PathLike | None, command: str | None = None) -> dic
     return out
 
 
-def resolve(command: str, yaml_layer: Mapping[str, Any] | None, cli_layer: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Every option of ``command``: defaults < YAML < command line, checked; a missing required one is an error."""
+def resolve(command: str, yaml_layer: Mapping[str, Any] | None, cli_layer: Mapping[str, Any] | None,
+            base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every option of ``command``: defaults < ``base`` (a dataset's own defaults) < YAML < command line,
+    checked; a missing required one is an error."""
     values: dict[str, Any] = {}
     for o in options_for(command):
         v = o.default
-        for layer in (yaml_layer or {}, cli_layer or {}):
+        for layer in (base or {}, yaml_layer or {}, cli_layer or {}):
             if layer.get(o.name) is not None and layer.get(o.name) != ():
                 v = layer[o.name]
         values[o.name] = coerce(o.name, v) if v is not None else None

@@ -136,6 +136,7 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Train every combination x seed (x fold), evaluate, and write the table; returns sweep.json's dict."""
     from har_vit.core.schema import build
     from har_vit.core.splits import loso_folds
+    from har_vit.datasets import TRAIN_DEFAULTS, windows_dataset
     from har_vit.stages import evaluate, train
     from har_vit.stages.windows import load_windows
     from har_vit.training.workers import train_stacks
@@ -146,7 +147,13 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     if spec.split == "loso":
         folds = list(spec.folds) if spec.folds else list(range(len(loso_folds(w))))
     combos = spec.combinations()
-    base = dict(spec.base)
+    # The dataset's own defaults (as train --in takes them) under the spec's base and grid.
+    given = set(dict(spec.base)) | {k for c in combos for k in c}
+    own = {k: v for k, v in TRAIN_DEFAULTS.get(windows_dataset(spec.windows) or "", {}).items() if k not in given}
+    if own:
+        echo(f"sweep: {windows_dataset(spec.windows)} data, so its defaults "
+             + " ".join(f"{k}={v}" for k, v in own.items()) + " (put them in base: to override)")
+    base = {**own, **dict(spec.base)}
     t0 = time.perf_counter()
     jobs = []  # (combo index, seed, fold, config, run folder)
     for i, combo in enumerate(combos):
