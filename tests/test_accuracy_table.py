@@ -207,3 +207,12 @@ def test_the_default_recipe_is_what_run_does_on_each_dataset():
     assert run_tag(tag) == scored_tag("tiny_ws", "rot180", "w2019-subject", job, None, "auto")  # one run folder
     # the WISDM 2019 default of before 2026-12-03 keeps its logged models under its new name
     assert scored_tag("tiny_ws", "rot30", "w2019-subject", job, None, "auto") == "tiny_ws-default-w2019-subject-e-s4-fNone-auto"
+
+
+def test_early_stopping_replays_stop_where_training_would_have():
+    from bench_patience import replay
+
+    curve = [0.1, 0.3, 0.2, 0.25, 0.5, 0.4, 0.45, 0.3]
+    assert replay(curve, 2) == (4, 0.3)  # no better score at epochs 3 and 4: stop at 4, keeping epoch 2's
+    assert replay(curve, 3) == (8, 0.5)  # epoch 5's 0.5 came in time; 3 epochs without one end it at 8
+    assert replay(curve, 10) == (8, 0.5)  # the curve ends first
