@@ -62,10 +62,10 @@ def paired(cand: list[float], base: list[float], interval: float) -> dict[str, A
             "ahead": sum(x > 0 for x in d), "behind": sum(x < 0 for x in d)}
 
 
-def verdict(stat: dict[str, Any], rule: dict[str, Any], n: int) -> str:
+def verdict(stat: dict[str, Any], rule: dict[str, Any]) -> str:
     ok = (stat["mean_difference"] >= rule["min_mean_difference"] and stat["ahead"] >= rule["min_seeds_ahead"]
           and stat["interval"][0] > 0)
-    return "confirmed" if ok and n else "not confirmed"
+    return "confirmed" if ok else "not confirmed"
 
 
 def main() -> None:
@@ -116,7 +116,7 @@ def main() -> None:
             continue
         stat = paired([row[s][rule["metric"]] for s in both], [base[s][rule["metric"]] for s in both], rule["interval"])
         comparisons.append({"candidate": e, "seeds": both, **stat,
-                            "verdict": verdict(stat, rule, len(both)) if len(both) == len(seeds) else "incomplete"})
+                            "verdict": verdict(stat, rule) if len(both) == len(seeds) else "incomplete"})
         print(f"== {label(e)} - {label(spec['baseline'])}: {stat['mean_difference']:+.4f} mean over {len(both)} seeds, "
               f"{rule['interval']:.0%} interval [{stat['interval'][0]:+.4f}, {stat['interval'][1]:+.4f}], ahead on "
               f"{stat['ahead']}: {comparisons[-1]['verdict']}" + (" (the pre-registered candidate)" if e is spec["candidate"] else ""))

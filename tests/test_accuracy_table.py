@@ -172,12 +172,12 @@ def test_a_preregistered_verdict_needs_the_mean_the_seeds_ahead_and_the_interval
     rule = {"min_mean_difference": 0.02, "min_seeds_ahead": 5, "interval": 0.95}
     steady = paired([0.43, 0.44, 0.42, 0.45, 0.43, 0.44], [0.40, 0.41, 0.40, 0.42, 0.41, 0.41], 0.95)
     assert steady["ahead"] == 6 and abs(steady["mean_difference"] - 0.0267) < 1e-3
-    assert steady["interval"][0] > 0 and verdict(steady, rule, 6) == "confirmed"
+    assert steady["interval"][0] > 0 and verdict(steady, rule) == "confirmed"
     # the same mean carried by one lucky seed: ahead on 1, and the interval reaches below zero
     lucky = paired([0.40, 0.41, 0.40, 0.42, 0.41, 0.57], [0.40, 0.41, 0.40, 0.42, 0.42, 0.40], 0.95)
-    assert lucky["mean_difference"] >= 0.02 and lucky["interval"][0] < 0 and verdict(lucky, rule, 6) == "not confirmed"
+    assert lucky["mean_difference"] >= 0.02 and lucky["interval"][0] < 0 and verdict(lucky, rule) == "not confirmed"
     small = paired([0.415, 0.425, 0.415, 0.435, 0.425, 0.425], [0.40, 0.41, 0.40, 0.42, 0.41, 0.41], 0.95)
-    assert small["ahead"] == 6 and small["interval"][0] > 0 and verdict(small, rule, 6) == "not confirmed"  # +1.5 < 2
+    assert small["ahead"] == 6 and small["interval"][0] > 0 and verdict(small, rule) == "not confirmed"  # +1.5 < 2
 
 
 def test_every_confirmation_follows_its_preregistered_rule():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from har_vit.core.errors import ArtefactError
-from har_vit.core.io import write_bytes
+from har_vit.core.io import MANIFEST, write_bytes
 
 INTEGRITY = "integrity"
 # A checkpoint without an integrity digest was not written by save_checkpoint; it loads only when
@@ -107,7 +107,7 @@ def served(run_dir: str | os.PathLike, which: str = "served") -> str:
     import json
 
     try:
-        config = json.loads((Path(run_dir) / "manifest.json").read_text()).get("config") or {}
+        config = json.loads((Path(run_dir) / MANIFEST).read_text()).get("config") or {}
     except (OSError, ValueError, AttributeError):
         return "best"
     return "last" if config.get("serve") == "last" else "best"

@@ -149,9 +149,10 @@ def run(spec: SweepSpec, echo: Callable[[str], None] = print) -> dict[str, Any]:
     combos = spec.combinations()
     # The dataset's own defaults (as train --in takes them) under the spec's base and grid.
     given = set(dict(spec.base)) | {k for c in combos for k in c}
-    own = {k: v for k, v in TRAIN_DEFAULTS.get(windows_dataset(spec.windows) or "", {}).items() if k not in given}
+    name = windows_dataset(spec.windows)
+    own = {k: v for k, v in TRAIN_DEFAULTS.get(name or "", {}).items() if k not in given}
     if own:
-        echo(f"sweep: {windows_dataset(spec.windows)} data, so its defaults "
+        echo(f"sweep: {name} data, so its defaults "
              + " ".join(f"{k}={v}" for k, v in own.items()) + " (put them in base: to override)")
     base = {**own, **dict(spec.base)}
     t0 = time.perf_counter()
