@@ -7,7 +7,9 @@ its ``dtype`` says so; its accuracy is ``bench/bench_int8.py``'s), and a CUDA gr
 Each model and batch size is timed in a fresh process (batch-1 figures were about 1.5x worse
 after batch-256 runs in the same process); there every runtime gets the same random windows, ``--warmup``
 untimed calls and ``--repeats`` timed ones (median and p90 of per-call wall time; CUDA
-calls synchronised). Runtimes other than eager are first held to eager's logits (relative
+calls synchronised), interleaved in ``--rounds`` rounds (each round times every runtime in
+turn), so that a drift in the VM's speed during the run touches every runtime alike; each
+row keeps its ``round_medians_ms``. Runtimes other than eager are first held to eager's logits (relative
 difference, as in ``har_vit.core.runtime``). Writes ``bench/results/latency_<device>.json``
 with the machine, versions, threads, batch sizes and repeats.
 
@@ -61,19 +63,41 @@ def torchscript(model: torch.nn.Module, window: int, channels: int) -> Callable[
     return run
 
 
-def time_calls(run: Callable[[Any], Any], x: Any, repeats: int, warmup: int, cuda: bool) -> dict[str, float]:
-    for _ in range(warmup):
-        run(x)
-    ms = np.empty(repeats)
-    for i in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        run(x)
-        if cuda:
-            torch.cuda.synchronize()
-        ms[i] = (time.perf_counter() - t0) * 1e3
-    return {"median_ms": float(np.median(ms)), "p90_ms": float(np.percentile(ms, 90)), "mean_ms": float(ms.mean())}
+def time_calls(runs: dict[str, Callable[[Any], Any]], x: Any, repeats: int, warmup: int, cuda: bool,
+               rounds: int = 1) -> dict[str, dict[str, Any]]:
+    """Per-call wall time of every runtime in ``runs`` on ``x``, interleaved: median, p90, mean and each round's median.
+
+    Every runtime gets ``warmup`` untimed calls, then ``rounds`` rounds in turn, each of
+    ``repeats / rounds`` timed calls of every runtime. A VM whose speed drifts during the
+    run (this project's moves by up to 2x within minutes) then slows every runtime alike,
+    instead of whichever happened to be timed in the slow minute, so the ratios stay fair;
+    ``round_medians_ms`` shows the drift.
+    """
+    for run in runs.values():
+        for _ in range(warmup):
+            run(x)
+    per_round = -(-repeats // rounds)
+    ms: dict[str, list[float]] = {name: [] for name in runs}
+    rounds_ms: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            got = np.empty(per_round)
+            for i in range(per_round):
+                if cuda:
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                run(x)
+                if cuda:
+                    torch.cuda.synchronize()
+                got[i] = (time.perf_counter() - t0) * 1e3
+            ms[name].extend(got.tolist())
+            rounds_ms[name].append(round(float(np.median(got)), 4))
+    out = {}
+    for name, values in ms.items():
+        a = np.asarray(values)
+        out[name] = {"median_ms": float(np.median(a)), "p90_ms": float(np.percentile(a, 90)), "mean_ms": float(a.mean()),
+                     "timed_calls": len(a), "round_medians_ms": rounds_ms[name]}
+    return out
 
 
 def ort_call(sess: Any) -> Callable[[Any], Any]:
@@ -81,7 +105,7 @@ def ort_call(sess: Any) -> Callable[[Any], Any]:
 
 
 def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, device: str,
-            members: int = 1) -> list[dict[str, Any]]:
+            members: int = 1, rounds: int = 1) -> list[dict[str, Any]]:
     """Every runtime of model ``name`` (an ensemble of ``members``) at ``batch``, timed on the same windows: one row each."""
     cuda = device == "cuda"
     torch.manual_seed(0)
@@ -109,17 +133,20 @@ def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, devi
             print("bench_latency: onnxruntime not installed; its rows are missing (pip install -e '.[export]')")
     x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
     want = ref(x)
-    rows = []
+    runs, parity = {}, {}
     for rt_name, make in runtimes.items():
-        run = make()
-        got = run(x)
+        runs[rt_name] = make()
+        got = runs[rt_name](x)
         got = got.float().cpu().numpy() if isinstance(got, torch.Tensor) else np.asarray(got)
-        stats = time_calls(run, x, repeats, warmup, cuda)
+        parity[rt_name] = relative_diff(got, want)
+    timed = time_calls(runs, x, repeats, warmup, cuda, rounds)
+    rows = []
+    for rt_name, stats in timed.items():
         target = TARGETS_MS.get((device, name)) if batch == 1 else None
         rows.append({"model": name if members == 1 else f"{name} x {members}", "members": members, "params": sum(p.numel() for p in model.parameters()), "batch": batch, "threads": threads,
                      "runtime": rt_name, "dtype": "int8 weights" if "int8" in rt_name else "float32", **stats,
                      "windows_per_s": batch / stats["median_ms"] * 1e3,
-                     "parity_vs_eager": relative_diff(got, want), "target_ms": target,
+                     "parity_vs_eager": parity[rt_name], "target_ms": target,
                      "meets_target": None if target is None else stats["median_ms"] <= target})
     return rows
 
@@ -133,6 +160,8 @@ def main() -> None:
     ap.add_argument("--members", type=int, nargs="+", default=[1], help="also time ensembles of this many")
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=10,
+                    help="interleave the runtimes in this many rounds of repeats/rounds calls each (fair under a drifting VM)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--out", default=None)
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: "MODEL:BATCH:MEMBERS", rows as JSON
@@ -144,14 +173,14 @@ def main() -> None:
         sys.exit("bench_latency: --device cuda but torch sees no GPU")
     if a.one:
         name, batch, k = a.one.split(":")
-        print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device, int(k))))
+        print(ROWS_MARK + json.dumps(measure(name, int(batch), counts[0], a.repeats, a.warmup, a.device, int(k), a.rounds)))
         return
     rows = []
     for name, k, batch, threads in itertools.product(a.models, a.members, a.batches, counts):
         # A fresh process per (model, batch, threads): measured here, batch-1 latency of every runtime was
         # about 1.5x worse when batch-256 runs had gone before it in the same process.
         cmd = [sys.executable, __file__, "--one", f"{name}:{batch}:{k}", "--threads", str(threads), "--repeats",
-               str(a.repeats), "--warmup", str(a.warmup), "--device", a.device]
+               str(a.repeats), "--warmup", str(a.warmup), "--rounds", str(a.rounds), "--device", a.device]
         done = subprocess.run(cmd, capture_output=True, text=True)
         found = [ln for ln in done.stdout.splitlines() if ln.startswith(ROWS_MARK)]
         if done.returncode or not found:
@@ -166,7 +195,7 @@ def main() -> None:
     out = Path(a.out) if a.out else RESULTS / f"latency_{a.device}.json"
     write_json(out, {"benchmark": "bench_latency", "machine": machine(), "device": a.device,
                      "threads": counts[0] if len(counts) == 1 else counts,
-                     "repeats": a.repeats, "warmup": a.warmup, "batches": a.batches,
+                     "repeats": a.repeats, "warmup": a.warmup, "rounds": a.rounds, "batches": a.batches,
                      "dtype": "float32, except the rows whose dtype is int8 weights",
                      "input": "random windows (batch, 128, 3); normalisation inside every runtime",
                      "process": "a fresh process per model, batch size and thread count", "rows": rows})

@@ -152,10 +152,11 @@ def test_variant_within_tenth_of_seed(name, seed_model):
 
 # --- layers against simple references ---------------------------------------------
 
+@pytest.mark.parametrize("fixed", [False, True])
 @pytest.mark.parametrize("n", [1, 2, 5, 8, 11])
-def test_patch_merge_halves_and_zero_pads_odd_counts(n):
+def test_patch_merge_halves_and_zero_pads_odd_counts(n, fixed):
     torch.manual_seed(0)
-    merge, x = PatchMerge1d(4, 6), torch.randn(2, n, 4)
+    merge, x = PatchMerge1d(4, 6, patches=n if fixed else None), torch.randn(2, n, 4)
     out = merge(x)
     assert out.shape == (2, math.ceil(n / 2), 6)
     for i in range(math.ceil(n / 2)):

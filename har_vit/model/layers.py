@@ -132,8 +132,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, H, N, hd)
+        # (B, N, 3D) -> (B, 3H, N, hd), cut into q, k and v along the heads: the same views as
+        # unbinding a (3, B, H, N, hd) permute, in 3 fewer onnxruntime nodes (no Squeeze).
+        q, k, v = self.qkv(x).reshape(B, N, 3 * self.heads, D // self.heads).transpose(1, 2).split(self.heads, dim=1)
         if noise.current() is not None:  # stacked training: the math path, with this model's fed mask
             x = _fed_attention(q, k, v, self.attn_drop if self.training else 0.0)
         else:
@@ -261,18 +262,24 @@ class PatchMerge1d(nn.Module):
     (16,)
     """
 
-    def __init__(self, dim: int, out_dim: int | None = None, norm_first: bool = True):
+    def __init__(self, dim: int, out_dim: int | None = None, norm_first: bool = True, patches: int | None = None):
         super().__init__()
         out_dim = out_dim or dim
         self.norm_first = norm_first
+        # The patch count it takes, when fixed (a model knows it from its window): an even one
+        # then needs no padding op, which saves a node per merge in traced and exported graphs.
+        self.patches = patches
         self.reduction = nn.Linear(2 * dim, out_dim)
         self.norm = nn.LayerNorm(2 * dim if norm_first else out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
-        # Pad unconditionally (by 0 or 1 patch): a shape-only op, so traced and
-        # exported graphs stay valid without a Python branch.
-        x = F.pad(x, (0, 0, 0, N % 2))  # (B, N + N % 2, D)
+        if self.patches is None:
+            # Pad unconditionally (by 0 or 1 patch): a shape-only op, so traced graphs stay
+            # valid without a Python branch on a traced size.
+            x = F.pad(x, (0, 0, 0, N % 2))  # (B, N + N % 2, D)
+        elif self.patches % 2:
+            x = F.pad(x, (0, 0, 0, 1))  # (B, N + 1, D)
         x = x.reshape(B, -1, 2 * D)  # (B, ceil(N/2), 2D): [x_2i, x_2i+1] side by side
         if self.norm_first:
             return self.reduction(self.norm(x))

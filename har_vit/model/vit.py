@@ -142,10 +142,12 @@ class HarViT(nn.Module):
         dpr = iter(torch.linspace(0, cfg.drop_path, sum(cfg.depths)).tolist())
         out_dims = cfg.dims[1:] + ((cfg.dims[-1],) if cfg.merge_last else ())
         self.stages = nn.ModuleList()
+        patches = N
         for i, (dim, depth) in enumerate(zip(cfg.dims, cfg.depths)):
             stage = nn.Sequential(*[self._block(dim, next(dpr)) for _ in range(depth)])
             if i < len(out_dims):
-                stage.append(PatchMerge1d(dim, out_dims[i], norm_first=cfg.merge == "prenorm"))
+                stage.append(PatchMerge1d(dim, out_dims[i], norm_first=cfg.merge == "prenorm", patches=patches))
+                patches = math.ceil(patches / 2)
             self.stages.append(stage)
         self.norm = nn.LayerNorm(cfg.dims[-1]) if cfg.final_norm else nn.Identity()
 
