@@ -7,8 +7,8 @@ the batch by the model, so every layer here sees plain sequences.
 Everything is export-friendly: no Python branch depends on a tensor's values, only
 on shapes, module settings and whether an ONNX export is running. ``torch.jit.trace`` and
 ``torch.export`` record the graph the eager model runs; an ONNX export records the same
-function, with two layers written in forms onnxruntime runs faster (each export's logits
-are checked against eager PyTorch before use).
+function, with one layer (the article's patch embedding) written in a form onnxruntime runs
+faster (each export's logits are checked against eager PyTorch before use).
 """
 from __future__ import annotations
 
@@ -178,15 +178,15 @@ class Mlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.fc1(x)  # (B, N, H)
-        if self.conv is not None and torch.onnx.is_in_onnx_export():
-            # The same depthwise conv as a 2D one over (B, H, N, 1): onnxruntime has a fast
-            # blocked kernel for 2D depthwise convs and a slow generic one for 1D.
+        if self.conv is not None:
+            # The Conv1d's weights run as the same depthwise conv in 2D, over (B, H, N, 1): oneDNN
+            # has a fast 2D depthwise kernel for the backward pass, where the 1D one took about a
+            # sixth of a CPU training step (bench/bench_conv.py), and so has onnxruntime for
+            # inference (its 1D kernel is a slow generic one).
             c = self.conv
             y = F.conv2d(x.transpose(1, 2).unsqueeze(-1), c.weight.unsqueeze(-1), c.bias, padding=(c.padding[0], 0),
                          groups=c.groups)
             x = x + y.squeeze(-1).transpose(1, 2)
-        elif self.conv is not None:
-            x = x + self.conv(x.transpose(1, 2)).transpose(1, 2)  # conv wants (B, H, N)
         return self.drop(self.fc2(self.drop(self.act(x))))
 
 
