@@ -14,7 +14,7 @@ from torch import nn
 
 from har_vit.core.errors import UsageError
 from har_vit.model import HarViT, ViTConfig, count_flops, create_model, list_models
-from har_vit.model.layers import Attention, PatchMerge1d
+from har_vit.model.layers import Attention, Mlp, PatchMerge1d
 
 ARTICLE_FLOPS = 58.56e6
 MODELS = list_models(classical=False)  # networks; the forest has tests of its own
@@ -163,6 +163,26 @@ def test_patch_merge_halves_and_zero_pads_odd_counts(n, fixed):
         right = x[:, 2 * i + 1] if 2 * i + 1 < n else torch.zeros(2, 4)
         ref = merge.reduction(merge.norm(torch.cat([x[:, 2 * i], right], dim=-1)))
         torch.testing.assert_close(out[:, i], ref)
+
+
+def test_mlp_runs_its_depthwise_conv1d_weights_as_the_conv1d_would():
+    """The MLP runs its Conv1d's weights through a 2D conv (faster on CPU): same outputs and
+    gradients as the Conv1d module itself, to float tolerance, and the same parameters."""
+    torch.manual_seed(0)
+    mlp = Mlp(8, 16, conv_kernel=5).eval()
+    assert isinstance(mlp.conv, nn.Conv1d) and mlp.conv.weight.shape == (16, 1, 5)
+    x = torch.randn(3, 7, 8, requires_grad=True)
+
+    def by_conv1d(x: torch.Tensor) -> torch.Tensor:
+        h = mlp.fc1(x)
+        return mlp.fc2(mlp.act(h + mlp.conv(h.transpose(1, 2)).transpose(1, 2)))
+
+    got, want = mlp(x), by_conv1d(x)
+    torch.testing.assert_close(got, want)
+    g_got = torch.autograd.grad(got.square().sum(), [x, mlp.conv.weight, mlp.conv.bias])
+    g_want = torch.autograd.grad(want.square().sum(), [x, mlp.conv.weight, mlp.conv.bias])
+    for a, b in zip(g_got, g_want):
+        torch.testing.assert_close(a, b)
 
 
 def test_attention_matches_torch_multihead_attention():

@@ -180,8 +180,8 @@ class Mlp(nn.Module):
         x = self.fc1(x)  # (B, N, H)
         if self.conv is not None:
             # The Conv1d's weights run as the same depthwise conv in 2D, over (B, H, N, 1): oneDNN
-            # has a fast 2D depthwise kernel for the backward pass, where the 1D one took about a
-            # sixth of a CPU training step (bench/bench_conv.py), and so has onnxruntime for
+            # has a fast 2D depthwise kernel for the backward pass, where the 1D call made a CPU
+            # training step 1.10-1.16x slower (bench/bench_conv.py), and so has onnxruntime for
             # inference (its 1D kernel is a slow generic one).
             c = self.conv
             y = F.conv2d(x.transpose(1, 2).unsqueeze(-1), c.weight.unsqueeze(-1), c.bias, padding=(c.padding[0], 0),
