@@ -23,7 +23,7 @@ import argparse
 import statistics
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,7 +82,7 @@ def measure(name: str, batch: int, steps: int, rounds: int) -> dict[str, Any]:
     per_round: dict[str, list[float]] = {"previous": [], "current": []}
     for _ in range(rounds):
         for form in ("previous", "current"):
-            with previous_form() if form == "previous" else _nothing():
+            with previous_form() if form == "previous" else nullcontext():
                 step()
                 t0 = time.perf_counter()
                 for _ in range(steps):
@@ -96,11 +96,6 @@ def measure(name: str, batch: int, steps: int, rounds: int) -> dict[str, Any]:
             "speedup": med["previous"] / med["current"],
             "rounds_current_faster": sum(a > b for a, b in zip(per_round["previous"], per_round["current"])),
             "largest_gradient_difference": diff}
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def main() -> None:

@@ -40,10 +40,10 @@ from bench_latency import NORM, time_calls  # noqa: E402
 from common import RESULTS, machine  # noqa: E402
 
 from har_vit.core.io import write_json  # noqa: E402
-from har_vit.core.runtime import OPSET, eager, relative_diff  # noqa: E402
+from har_vit.core.runtime import eager, onnxruntime_session, relative_diff  # noqa: E402
 from har_vit.model import create_model, layers  # noqa: E402
 from har_vit.model.layers import Attention, PatchMerge1d, _fed_attention, noise  # noqa: E402
-from har_vit.stages.export import BATCH_AXIS, INPUT_NAME, RawInputModel, write_onnx  # noqa: E402
+from har_vit.stages.export import INPUT_NAME  # noqa: E402
 
 
 def previous_attention(self: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -76,29 +76,18 @@ def previous_forms() -> Iterator[None]:
 
 
 def session(model: torch.nn.Module, batch: int, threads: int, tmp: Path, tag: str) -> tuple[Any, int]:
-    """An onnxruntime session as ``onnxruntime_session`` makes it (batch fixed), and its node count after optimisation."""
+    """The session ``fast_runtime`` makes (batch fixed), and its node count after onnxruntime's optimiser."""
     import onnx
-    import onnxruntime as ort
 
-    path, optimised = tmp / f"{tag}.onnx", tmp / f"{tag}.opt.onnx"
-    T, C = model.cfg.window, model.cfg.channels
-    write_onnx(RawInputModel(model, NORM), torch.zeros(1, T, C), path, OPSET)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.log_severity_level = 3
-    so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
-    so.optimized_model_filepath = str(optimised)
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    optimised = tmp / f"{tag}.opt.onnx"
+    sess, _ = onnxruntime_session(model, NORM, model.cfg.window, model.cfg.channels, threads, batch, optimised_to=optimised)
     return sess, len(onnx.load(str(optimised)).graph.node)
 
 
 def measure(name: str, batch: int, threads: int, repeats: int, warmup: int, rounds: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = create_model(name).eval()
-    T, C = model.cfg.window, model.cfg.channels
-    x = np.random.default_rng(batch).standard_normal((batch, T, C)).astype(np.float32)
+    x = np.random.default_rng(batch).standard_normal((batch, model.cfg.window, model.cfg.channels)).astype(np.float32)
     want = eager(model, NORM)(x)
     with tempfile.TemporaryDirectory(prefix="har-vit-graph-") as tmp:
         with previous_forms():

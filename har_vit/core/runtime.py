@@ -76,13 +76,15 @@ def eager(model: nn.Module, norm: Mapping[str, Any], device: torch.device | None
 
 
 def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, channels: int,
-                        threads: int | None = None, batch: int | None = None, int8: bool = False) -> tuple[Any, str]:
+                        threads: int | None = None, batch: int | None = None, int8: bool = False,
+                        optimised_to: Path | None = None) -> tuple[Any, str]:
     """An onnxruntime session of ``model`` with ``norm`` inside, and its description. ImportError without onnxruntime.
 
     ``batch``: fix the graph's batch dimension to this size. The session then takes only
     batches of that size, and its optimiser folds away the shape arithmetic a symbolic batch
     needs (about half the graph's nodes), which is most of the time at batch 1.
     ``int8``: quantise the graph's MatMul/Gemm weights to int8 first (:func:`quantise_int8`).
+    ``optimised_to``: also write the graph as onnxruntime's optimiser left it to this path.
     """
     import onnxruntime as ort
 
@@ -102,6 +104,8 @@ def onnxruntime_session(model: nn.Module, norm: Mapping[str, Any], window: int, 
         so.log_severity_level = 3
         if batch is not None:
             so.add_free_dimension_override_by_name(BATCH_AXIS, batch)
+        if optimised_to is not None:
+            so.optimized_model_filepath = str(optimised_to)
         sess = ort.InferenceSession(path.read_bytes(), so, providers=["CPUExecutionProvider"])
     assert sess.get_inputs()[0].name == INPUT_NAME
     extras = (["int8 weights"] if int8 else []) + ([] if batch is None else [f"batch fixed to {batch}"])
